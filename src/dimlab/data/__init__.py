@@ -1,0 +1,1 @@
+"""WebDataset shard writers, the Lightning DataModule, transforms and the VAE wrapper."""

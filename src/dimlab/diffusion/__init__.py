@@ -1,0 +1,1 @@
+"""Noise schedules, the training objective, samplers and guidance (no Lightning)."""

@@ -1,0 +1,1 @@
+"""Evaluation: FID features, reference statistics and distributed generation."""

@@ -1,0 +1,50 @@
+"""Shared pytest configuration: GPU / CUDA-kernel tests skip cleanly on machines without them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_SPEC = REPO_ROOT.parent / "shared" / "spec"
+
+# Tests never touch the network: W&B runs offline and hubs are told to stay local.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _have_kernels() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("mamba_ssm", "causal_conv1d"))
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    has_kernels = has_cuda and _have_kernels()
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_kernels = pytest.mark.skip(reason="needs mamba-ssm and causal-conv1d CUDA kernels (`make kernels`)")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        elif "cuda_kernels" in item.keywords and not has_kernels:
+            item.add_marker(skip_kernels)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    """Keep CPU tests predictable on the 2-core CI machine."""
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+
+
+@pytest.fixture
+def shared_spec() -> Path:
+    """Path of ../shared/spec (read-only reference material beside the clone); skips when it is absent."""
+    if not SHARED_SPEC.is_dir():
+        pytest.skip(f"reference material not found at {SHARED_SPEC}")
+    return SHARED_SPEC
