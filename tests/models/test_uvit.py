@@ -211,3 +211,19 @@ def test_full_size_uvit_s2_forward():
         out = model(torch.randn(1, 3, 32, 32), torch.tensor([500.0]))
     assert out.shape == (1, 3, 32, 32)
     assert torch.isfinite(out).all()
+
+
+def test_bf16_autocast_and_bf16_weights():
+    model = _tiny(mlp_time_embed=True)
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0]), torch.tensor([0, 3])
+    with torch.no_grad():
+        reference = model(x, t, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x, t, y)
+    assert mixed.dtype == torch.bfloat16
+    torch.testing.assert_close(mixed.float(), reference, atol=0.1, rtol=0.1)
+    mixed.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    bf16 = model.to(torch.bfloat16)
+    with torch.no_grad():
+        assert bf16(x.bfloat16(), t, y).dtype == torch.bfloat16
