@@ -21,6 +21,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dimlab.models.spec import record_init_args
+
 __all__ = [
     "UVIT_PRESETS",
     "UViT",
@@ -170,6 +172,7 @@ class UViT(nn.Module):
         gradient_checkpointing: recompute each block in the backward pass (``use_reentrant=False``).
     """
 
+    @record_init_args
     def __init__(
         self,
         input_size: int | tuple[int, int] = 32,
