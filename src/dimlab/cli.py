@@ -1,0 +1,58 @@
+"""The ``dimlab`` command.
+
+``fit | validate | test | predict`` are LightningCLI subcommands (``dimlab fit --config experiments/...yaml``);
+the other subcommands are small argparse programs that live beside the code they drive.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from dimlab.data.datamodule import ShardDataModule
+from dimlab.lit.checkpoint_io import AtomicCheckpointIO
+from dimlab.lit.module import DiffusionModule
+
+# subcommand -> module with a ``main(argv) -> int``
+EXTRA_COMMANDS = {
+    "sample": ("dimlab.lit.sample_cli", "generate images (PNGs, grid, .npz) from a checkpoint"),
+    "shards": ("dimlab.data.cli", "write WebDataset shards (cifar10, imagefolder, digits, latents)"),
+    "fid": ("dimlab.eval.cli", "FID of a checkpoint, an image folder or an .npz; reference statistics"),
+    "convert-official": ("dimlab.models.convert", "convert official DiM weights to/from dimlab checkpoints"),
+    "ablate": ("dimlab.ablation", "run / dry-run / emit a W&B sweep for an ablation matrix"),
+}
+
+DESCRIPTION = "dimlab: DiM / U-ViT diffusion experiments.\n\nOther commands: " + "; ".join(
+    f"dimlab {name} ({text})" for name, (_, text) in EXTRA_COMMANDS.items()
+)
+
+
+class DimlabCLI(LightningCLI):
+    """LightningCLI with dimlab's defaults: a checkpoint callback that is always there, atomic checkpoint files,
+    omegaconf interpolation in YAML, and a saved config that may be overwritten by repeat runs."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf", "description": DESCRIPTION})
+        kwargs.setdefault(
+            "trainer_defaults",
+            {"callbacks": [RichProgressBar()], "plugins": [AtomicCheckpointIO()]},
+        )
+        super().__init__(DiffusionModule, ShardDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dimlab`` console script and ``python -m dimlab``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        module = importlib.import_module(EXTRA_COMMANDS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+    DimlabCLI(args=argv)
+    return 0

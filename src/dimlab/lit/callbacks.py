@@ -1,0 +1,125 @@
+"""Callbacks every dimlab run can use: a machine-readable run summary and sample grids."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class RunSummary(L.Callback):
+    """Write ``<default_root_dir>/summary.json`` at the end of ``fit``.
+
+    It holds the final step, the mean training loss over the last ``window`` steps, training images/s (global,
+    measured after ``skip_steps`` warm-up steps), the backbone's parameter count and whether ``max_steps`` was
+    reached. Ablation runners and benchmarks read this file instead of parsing logger output.
+    """
+
+    def __init__(self, window: int = 50, skip_steps: int = 5):
+        self.window = window
+        self.skip_steps = skip_steps
+        self._losses: list[float] = []
+        self._images = 0
+        self._t0: float | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._losses = (self._losses + [float(loss.detach())])[-self.window :]
+        if trainer.global_step == self.skip_steps and self._t0 is None:
+            self._t0 = time.perf_counter()
+            self._images = 0
+        elif self._t0 is not None:
+            self._images += batch["x"].shape[0] * trainer.world_size
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module):
+        elapsed = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+        max_steps = trainer.max_steps
+        summary = {
+            "global_step": trainer.global_step,
+            "final_loss": float(np.mean(self._losses)) if self._losses else math.nan,
+            "images_per_sec": self._images / elapsed if elapsed > 0 else math.nan,
+            "num_parameters": sum(p.numel() for p in pl_module.backbone.parameters()),
+            "finished": max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps,
+            "metrics": {
+                k: float(v)
+                for k, v in trainer.callback_metrics.items()
+                if torch.is_tensor(v) and v.numel() == 1
+            },
+        }
+        _write_json_atomic(Path(trainer.default_root_dir) / "summary.json", summary)
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA weights and log it.
+
+    One row per class (the first ``max_classes``), ``per_class`` columns, fixed seeds so grids are comparable
+    across steps. The PNG goes to ``<default_root_dir>/samples/step_XXXXXXX.png`` and, with a W&B logger, to
+    ``samples/grid`` as an image.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 5000,
+        per_class: int = 8,
+        max_classes: int = 10,
+        cfg_scale: float = 0.0,
+        sampler: str = "dpm++",
+        steps: int = 50,
+        seed: int = 0,
+    ):
+        self.every_n_steps = every_n_steps
+        self.per_class = per_class
+        self.max_classes = max_classes
+        self.cfg_scale = cfg_scale
+        self.sampler = sampler
+        self.steps = steps
+        self.seed = seed
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every_n_steps <= 0 or step == 0 or step % self.every_n_steps or step == self._last_step:
+            return
+        self._last_step = step
+        self.log_grid(trainer, pl_module)
+
+    @rank_zero_only
+    def log_grid(self, trainer, pl_module) -> Path:
+        from dimlab.lit.sample_cli import save_grid, to_uint8_hwc
+
+        labels = pl_module.grid_labels(self.per_class, self.max_classes)
+        seeds = [self.seed + i for i in range(len(labels))]
+        was_training = pl_module.training
+        images = pl_module.sampler(use_ema=True).sample(
+            labels, seeds, cfg_scale=self.cfg_scale, sampler=self.sampler, steps=self.steps
+        )
+        pl_module.train(was_training)
+        path = Path(trainer.default_root_dir) / "samples" / f"step_{trainer.global_step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(to_uint8_hwc(images), path, nrow=self.per_class)
+        for logger in trainer.loggers:
+            log_image = getattr(logger, "log_image", None)
+            if callable(log_image):
+                log_image(
+                    key="samples/grid",
+                    images=[str(path)],
+                    step=trainer.global_step,
+                    caption=[f"step {trainer.global_step}, {self.sampler}{self.steps}, cfg {self.cfg_scale}"],
+                )
+        return path

@@ -1,0 +1,315 @@
+"""The DiffusionModule: epsilon-prediction training of any dimlab backbone with Lightning."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from dimlab.diffusion.loss import epsilon_loss
+from dimlab.diffusion.schedules import build_schedule
+from dimlab.lit.ema import EMA
+from dimlab.lit.sampling import Sampler
+from dimlab.models.spec import backbone_spec
+
+_NO_DECAY_HINTS = ("embed", "pad_token", "pos", "A_log", "scale_shift_table", "norm")
+
+
+def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
+    """Names of parameters that the "standard" weight-decay mode leaves undecayed.
+
+    Norm weights, embeddings, position embeddings, pad tokens, biases, Mamba's A_log and D. A backbone can
+    state its own list through ``no_weight_decay_names()``.
+    """
+    own = getattr(backbone, "no_weight_decay_names", None)
+    if callable(own):
+        return set(own())
+    names = set()
+    for name, p in backbone.named_parameters():
+        if p.ndim <= 1 or any(h in name for h in _NO_DECAY_HINTS):
+            names.add(name)
+    return names
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains a backbone ``(x, t, y) -> eps`` with the DiM/U-ViT recipes.
+
+    It owns the loss (epsilon MSE, uniform times, classifier-free-guidance label dropout), AdamW with the official
+    hyper-parameters, linear warmup then constant LR, the EMA of the backbone, the optional frozen VAE for latent
+    space, sampling for callbacks, and step-wise logging. Gradient clipping, precision and accumulation are the
+    Trainer's (``gradient_clip_val``, ``precision: bf16-mixed``, ``accumulate_grad_batches``); LR warmup and EMA
+    advance once per optimizer step, so accumulation is handled correctly (unlike the official code, spec §7.11).
+
+    Args:
+        backbone: the network, e.g. ``dimlab.models.dim.DiM`` or ``dimlab.models.uvit.UViT`` (``class_path`` in YAML).
+        schedule: ``sd_discrete`` (ImageNet latents) or ``vp_sde`` (CIFAR-10 pixels).
+        class_conditional: False trains unconditionally (every label is the null id, as DiM's CIFAR-10 recipe).
+        p_uncond: probability of replacing a label by the null id (CFG dropout); done here, not in the data.
+        lr, betas, adam_eps, weight_decay: AdamW settings.
+        weight_decay_mode: ``all`` (official: every parameter) or ``standard`` (no decay on norms, embeddings,
+            pad tokens, biases, A_log, D).
+        warmup_steps: linear warmup from 0 over this many optimizer steps, then constant.
+        ema_decay: EMA rate from step 1 (0.9999 in every official recipe).
+        vae_path: local ``diffusers`` AutoencoderKL folder; set for latent-space training.
+        latent_scale: the VAE latent scale (0.18215 for the SD kl-f8 VAE).
+        latent_shape: (C, H, W) the backbone sees; derived from the backbone when omitted.
+        compile: wrap the backbone's forward in ``torch.compile``.
+        bf16_timesteps: reproduce the official bf16 rounding of the network time (a documented bug; off).
+        seed: base seed of the per-step noise generator (steps are reproducible across resumes).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        schedule: Literal["sd_discrete", "vp_sde"] = "sd_discrete",
+        class_conditional: bool = True,
+        p_uncond: float = 0.1,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.99, 0.99),
+        adam_eps: float = 1e-15,
+        weight_decay: float = 0.03,
+        weight_decay_mode: Literal["all", "standard"] = "all",
+        warmup_steps: int = 5000,
+        ema_decay: float = 0.9999,
+        vae_path: str | None = None,
+        latent_scale: float = 0.18215,
+        latent_shape: tuple[int, int, int] | None = None,
+        compile: bool = False,
+        bf16_timesteps: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not 0.0 <= p_uncond < 1.0:
+            raise ValueError(f"model.p_uncond must be in [0, 1), got {p_uncond}")
+        if warmup_steps < 0:
+            raise ValueError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.ema = EMA(backbone, ema_decay)
+        self.schedule = build_schedule(schedule)
+        self.num_classes = int(getattr(backbone, "num_classes", 0) or 0)
+        if class_conditional and self.num_classes <= 0:
+            raise ValueError("model.class_conditional=true needs a backbone with num_classes > 0")
+        in_ch = int(backbone.in_channels)
+        size = backbone.input_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        self.latent_shape = tuple(latent_shape) if latent_shape else (in_ch, *hw)
+        self._vae = None
+        self._forward = backbone
+        self._step_t0: float | None = None
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    @property
+    def latent_space(self) -> bool:
+        return self.hparams.vae_path is not None
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and self._forward is self.backbone:
+            self._forward = torch.compile(self.backbone)
+
+    def setup(self, stage: str) -> None:
+        if self.latent_space and self._vae is None:
+            self._vae = self._load_vae()
+
+    def _load_vae(self):
+        from dimlab.data.vae import load_vae
+
+        return load_vae(self.hparams.vae_path, device=self.device)
+
+    @property
+    def vae(self):
+        if self.latent_space and self._vae is None:
+            self._vae = self._load_vae()
+        return self._vae
+
+    # ------------------------------------------------------------------------------------------- training
+    def _step_generator(self) -> torch.Generator:
+        """A generator seeded by (seed, step, rank): the noise of step k is the same on resume."""
+        seed = (self.hparams.seed * 1_000_003 + self.global_step * 7919 + self.global_rank) % (2**63 - 1)
+        device = self.device if self.device.type == "cuda" else "cpu"
+        return torch.Generator(device=device).manual_seed(seed)
+
+    @torch.no_grad()
+    def to_model_space(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Map a data batch to what the backbone denoises.
+
+        Pixels pass through; in latent space, 8-channel VAE moments are sampled (mean + std * noise) and 3-channel
+        images are encoded on the fly (posterior sample), both times ``latent_scale``.
+        """
+        if not self.latent_space:
+            return x
+        from dimlab.data.vae import encode_moments, sample_from_moments
+
+        latent_c = self.latent_shape[0]
+        if x.shape[1] == 2 * latent_c:
+            moments = x
+        elif x.shape[1] == 3:
+            moments = encode_moments(self.vae, x)
+        else:
+            raise ValueError(
+                f"latent-space batch has {x.shape[1]} channels: expected 3 (images) or {2 * latent_c} (VAE moments)"
+            )
+        return sample_from_moments(moments.float(), generator=generator, scale=self.hparams.latent_scale)
+
+    def _labels(self, y: torch.Tensor | None, batch: int, generator: torch.Generator) -> torch.Tensor:
+        null = torch.full((batch,), self.null_class, dtype=torch.long, device=self.device)
+        if not self.hparams.class_conditional or y is None:
+            return null
+        y = y.to(self.device, torch.long)
+        if self.hparams.p_uncond > 0:
+            drop = (
+                torch.rand(batch, device=generator.device, generator=generator).to(self.device)
+                < self.hparams.p_uncond
+            )
+            y = torch.where(drop, null, y)
+        return y
+
+    def _model_fn(self, x, t, y):
+        return self._forward(x, t, y)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch["x"], batch.get("y")
+        g = self._step_generator()
+        x0 = self.to_model_space(x, generator=g)
+        labels = self._labels(y, x0.shape[0], g)
+        losses = epsilon_loss(
+            self._model_fn, self.schedule, x0, labels, generator=g, bf16_timesteps=self.hparams.bf16_timesteps
+        )
+        loss = losses.mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch["x"], batch.get("y")
+        g_device = self.device if self.device.type == "cuda" else "cpu"
+        g = torch.Generator(device=g_device).manual_seed(self.hparams.seed + batch_idx)
+        x0 = self.to_model_space(x, generator=g)
+        labels = self._labels(y, x0.shape[0], g) if self.hparams.class_conditional else None
+        if labels is None:
+            labels = torch.full((x0.shape[0],), self.null_class, dtype=torch.long, device=self.device)
+        ema_fn = self.ema.module
+        losses = epsilon_loss(lambda a, b, c: ema_fn(a, b, c), self.schedule, x0, labels, generator=g)
+        self.log("val/loss_ema", losses.mean(), sync_dist=True, batch_size=x0.shape[0])
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self._step_t0 is None:
+            self._step_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self._step_t0 is None:
+            return
+        dt = time.perf_counter() - self._step_t0
+        self._step_t0 = time.perf_counter()
+        n = batch["x"].shape[0]
+        if dt > 0:
+            self.log("perf/images_per_sec", n / dt, on_step=True, on_epoch=False, batch_size=n)
+            self.log(
+                "perf/samples_per_sec_global",
+                n * self.trainer.world_size / dt,
+                on_step=True,
+                on_epoch=False,
+                batch_size=n,
+            )
+        if self.device.type == "cuda":
+            self.log(
+                "perf/peak_mem_gb",
+                torch.cuda.max_memory_allocated(self.device) / 2**30,
+                on_step=True,
+                on_epoch=False,
+                batch_size=n,
+            )
+
+    def on_before_optimizer_step(self, optimizer):
+        norms = [p.grad.detach().norm(2) for p in self.backbone.parameters() if p.grad is not None]
+        if norms:
+            total = torch.linalg.vector_norm(torch.stack(norms).float(), 2)
+            self.log("train/grad_norm", total, on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.backbone)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.weight_decay_mode == "all":
+            groups = [
+                {
+                    "params": [p for p in self.backbone.parameters() if p.requires_grad],
+                    "weight_decay": hp.weight_decay,
+                }
+            ]
+        else:
+            skip = no_decay_parameter_names(self.backbone)
+            decay, no_decay = [], []
+            for name, p in self.backbone.named_parameters():
+                if p.requires_grad:
+                    (no_decay if name in skip else decay).append(p)
+            groups = [
+                {"params": decay, "weight_decay": hp.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ]
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.adam_eps)
+        warmup = hp.warmup_steps
+
+        def lr_lambda(step: int) -> float:
+            # Official "customized" schedule: min(step / warmup, 1); the very first update runs at lr 0.
+            return 1.0 if warmup == 0 else min(step / warmup, 1.0)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        ema_prefix = "ema.module."
+        checkpoint["ema_backbone"] = {
+            k[len(ema_prefix) :]: v for k, v in state.items() if k.startswith(ema_prefix)
+        }
+        for k in [k for k in state if k.startswith(ema_prefix)]:
+            del state[k]
+        checkpoint["dimlab_backbone"] = backbone_spec(self.backbone)
+        checkpoint["dimlab_diffusion"] = {
+            "schedule": self.hparams.schedule,
+            "latent_space": self.latent_space,
+            "vae_path": self.hparams.vae_path,
+            "latent_scale": self.hparams.latent_scale,
+            "latent_shape": list(self.latent_shape),
+            "num_classes": self.num_classes,
+            "class_conditional": self.hparams.class_conditional,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        ema = checkpoint.get("ema_backbone")
+        if ema is not None:
+            state = checkpoint["state_dict"]
+            for k, v in ema.items():
+                state.setdefault("ema.module." + k, v)
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    def sampler(self, use_ema: bool = True) -> Sampler:
+        """A :class:`Sampler` over the EMA (default) or raw backbone, sharing this module's VAE."""
+        net = self.ema.module if use_ema else self.backbone
+        return Sampler(
+            backbone=net,
+            schedule_name=self.hparams.schedule,
+            latent_shape=self.latent_shape,
+            num_classes=self.num_classes,
+            class_conditional=self.hparams.class_conditional,
+            vae=self.vae,
+            latent_scale=self.hparams.latent_scale,
+        )
+
+    def grid_labels(self, per_class: int, max_classes: int = 10) -> list[int]:
+        """Labels for a sample grid: one row per class (the first ``max_classes``), ``per_class`` columns."""
+        if not self.hparams.class_conditional:
+            return [self.null_class] * (per_class * max_classes)
+        classes = range(min(self.num_classes, max_classes))
+        return [c for c in classes for _ in range(per_class)]

@@ -1,0 +1,170 @@
+"""Turning a backbone (+ schedule, + optional VAE) into images: the one sampling path every tool shares.
+
+Training-time sample grids, the FID callback, ``dimlab sample`` and ``dimlab fid`` all call
+:meth:`Sampler.sample`, so a number logged during training and one computed offline come from the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dimlab.diffusion.guidance import cfg_model_fn
+from dimlab.diffusion.samplers import sample as run_sampler
+from dimlab.diffusion.schedules import build_schedule
+
+
+def per_sample_noise(shape: Sequence[int], seeds: Sequence[int], device, dtype=torch.float32) -> torch.Tensor:
+    """Initial noise where sample ``i`` depends only on ``seeds[i]``.
+
+    This makes generation independent of how samples are split into batches or ranks: the same (seed, index)
+    gives the same image on one GPU or eight.
+    """
+    noises = []
+    for seed in seeds:
+        g = torch.Generator(device="cpu").manual_seed(int(seed))
+        noises.append(torch.randn(tuple(shape), generator=g, dtype=torch.float32))
+    return torch.stack(noises).to(device=device, dtype=dtype)
+
+
+@dataclass
+class Sampler:
+    """Everything needed to draw images from a trained backbone.
+
+    ``latent_shape`` is the (C, H, W) the backbone works on; with a VAE the images are decoded from it.
+    ``null_class`` is the backbone's unconditional id (``num_classes``); ``class_conditional=False`` always uses it.
+    """
+
+    backbone: nn.Module
+    schedule_name: str
+    latent_shape: tuple[int, int, int]
+    num_classes: int
+    class_conditional: bool = True
+    vae: nn.Module | None = None
+    latent_scale: float = 0.18215
+    schedule: object = field(init=False)
+
+    def __post_init__(self):
+        self.schedule = build_schedule(self.schedule_name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        scale = 8 if self.vae is not None else 1
+        return (self.latent_shape[1] * scale, self.latent_shape[2] * scale)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        labels: torch.Tensor | Sequence[int] | None,
+        seeds: Sequence[int],
+        cfg_scale: float = 0.0,
+        sampler: str = "dpm++",
+        steps: int = 50,
+        latent_shape: tuple[int, int, int] | None = None,
+        model_fn_wrapper=None,
+        skip_tune: tuple[float, float] | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw ``len(seeds)`` images in [-1, 1], shape (B, C, H, W).
+
+        ``labels`` are class ids (None or the null id for unconditional samples); ``cfg_scale`` uses the U-ViT
+        convention ``eps_c + s (eps_c - eps_u)`` (guidance weight ``w = 1 + s``). ``latent_shape`` overrides the
+        trained resolution (the backbones accept any grid). ``model_fn_wrapper`` may wrap the guided model
+        function (for example upsample guidance) before the solver sees it. ``skip_tune=(rho_top, rho_bottom)``
+        scales the decoder's incoming long skips by the intended time-dependent ramp (see
+        :func:`dimlab.diffusion.upsample.skip_tune_scales`).
+        """
+        device = self.device
+        n = len(seeds)
+        if labels is None or not self.class_conditional:
+            y = torch.full((n,), self.null_class, dtype=torch.long, device=device)
+        else:
+            y = torch.as_tensor(labels, dtype=torch.long, device=device)
+            if y.shape != (n,):
+                raise ValueError(f"got {tuple(y.shape)} labels for {n} seeds")
+            if (y < 0).any() or (y > self.null_class).any():
+                raise ValueError(f"class labels must be in [0, {self.null_class}], got {y.tolist()}")
+        shape = latent_shape or self.latent_shape
+        noise = per_sample_noise(shape, seeds, device)
+        guided = cfg_scale if self.class_conditional else 0.0
+        net = self.backbone if skip_tune is None else self._skip_tuned(*skip_tune)
+        model_fn = cfg_model_fn(net, y, self.null_class, guided)
+        if model_fn_wrapper is not None:
+            model_fn = model_fn_wrapper(model_fn)
+        z = run_sampler(model_fn, self.schedule, noise, sampler=sampler, steps=steps, progress=progress)
+        if self.vae is None:
+            return z.clamp(-1, 1)
+        from dimlab.data.vae import decode_latents
+
+        return decode_latents(self.vae, z, scale=self.latent_scale).clamp(-1, 1)
+
+    def _skip_tuned(self, rho_top: float, rho_bottom: float):
+        """The backbone with skip-tune: every call derives the continuous time from the network time."""
+        from dimlab.diffusion.upsample import skip_tune_scales
+
+        receivers = int(getattr(self.backbone, "num_skip_receivers", 0))
+        if receivers == 0:
+            raise ValueError("skip-tune needs a backbone with long skip connections")
+        per_unit_time = float(self.schedule.network_time(torch.ones(1))[0])
+
+        def net(x, t_net, y):
+            t_cont = (
+                torch.as_tensor(t_net, dtype=torch.float32, device=x.device).expand(x.shape[0])
+                / per_unit_time
+            )
+            scales = skip_tune_scales(t_cont, receivers, rho_top=rho_top, rho_bottom=rho_bottom)
+            return self.backbone(x, t_net, y, skip_scale=scales)
+
+        return net
+
+
+def load_sampler(
+    ckpt_path: str | Path, ema: bool = True, device: str | torch.device = "cpu", vae_path: str | None = None
+) -> Sampler:
+    """Build a :class:`Sampler` from a dimlab training checkpoint (EMA weights by default).
+
+    The VAE folder recorded at training time is used unless ``vae_path`` overrides it (checkpoints move between
+    machines; VAE folders do not travel with them).
+    """
+    from dimlab.models.convert import load_backbone
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    info = ckpt.get("dimlab_diffusion")
+    if info is None:
+        raise ValueError(
+            f"{path} is not a dimlab training checkpoint (no 'dimlab_diffusion' entry); "
+            "converted official weights carry no sampler settings: load them with dimlab.load_backbone"
+        )
+    backbone = load_backbone(path, map_location="cpu", ema=ema).to(device).eval()
+    vae = None
+    chosen_vae = vae_path or info.get("vae_path")
+    if info.get("latent_space"):
+        from dimlab.data.vae import load_vae
+
+        if not chosen_vae:
+            raise ValueError(f"{path} was trained in latent space: pass the VAE folder (--vae PATH)")
+        vae = load_vae(chosen_vae, device=device)
+    return Sampler(
+        backbone=backbone,
+        schedule_name=info["schedule"],
+        latent_shape=tuple(info["latent_shape"]),
+        num_classes=int(info["num_classes"]),
+        class_conditional=bool(info["class_conditional"]),
+        vae=vae,
+        latent_scale=float(info.get("latent_scale", 0.18215)),
+    )
