@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_tune=args.skip_tune,
         )
         arr = to_uint8_hwc(imgs)
-        for i, img in zip(idx, arr):
+        for i, img in zip(idx, arr, strict=True):
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
         chunks.append(arr)
     images = np.concatenate(chunks)
