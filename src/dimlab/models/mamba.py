@@ -135,10 +135,9 @@ class Mamba(nn.Module):
 
     def _forward_torch(self, hidden_states: torch.Tensor, backend: str) -> torch.Tensor:
         """Unfused path: plain PyTorch ops around the 'torch' or 'reference' scan."""
-        length = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (b, 2E, L)
         x, z = xz.chunk(2, dim=1)
-        x = self.act(self.conv1d(x)[..., :length])  # conv pads d_conv-1 on both sides: keep the causal part
+        x = self.act(self._causal_conv(x))
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # the bias goes into the scan (delta_bias), as in mamba-ssm
@@ -156,6 +155,24 @@ class Mamba(nn.Module):
             backend=backend,
         )
         return self.out_proj(y.transpose(1, 2))
+
+    def _causal_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Causal depthwise conv1d of x (b, E, L) with self.conv1d's weight and bias, as d_conv shifted
+        multiply-adds in fp32 (or fp64), returned in x's dtype.
+
+        Same result as ``self.conv1d(x)[..., :L]``, but PyTorch's CPU depthwise conv falls back to one
+        slow convolution per channel (seconds for DiM's 1024+ channels, worse in bf16); d_conv (3-4)
+        elementwise passes are fast on every device and dtype.
+        """
+        length = x.shape[-1]
+        weight = _at_least_fp32(self.conv1d.weight[:, 0, :])  # (E, k); tap k-1 sees the current step
+        padded = F.pad(x.to(weight.dtype), (self.d_conv - 1, 0))
+        out = padded[..., :length] * weight[:, :1]
+        for tap in range(1, self.d_conv):
+            out = out + padded[..., tap : tap + length] * weight[:, tap : tap + 1]
+        if self.conv1d.bias is not None:
+            out = out + _at_least_fp32(self.conv1d.bias)[:, None]
+        return out.to(x.dtype)
 
     def _forward_cuda(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """mamba-ssm's fused path (``mamba_inner_fn``: causal-conv1d + selective-scan kernels)."""
