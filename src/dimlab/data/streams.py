@@ -155,8 +155,10 @@ class TrainStream(IterableDataset):
 
     Every (seed, epoch, rank, worker) draws shards with replacement from all shards with its own seeded RNG,
     shuffles samples in a buffer with another, and draws flips with a third, so the stream of an epoch is a
-    pure function of those four numbers. Resuming after ``k`` consumed batches regenerates the epoch's stream
-    and drops each worker's first batches before decoding (see :func:`batches_already_consumed`).
+    pure function of those four numbers (worker = the stream index below). Resuming after ``k`` consumed
+    batches regenerates the epoch's streams, lets worker process ``p`` play stream ``(p + k) % workers`` so the
+    in-order DataLoader continues at global batch ``k``, and drops each stream's consumed batches before
+    decoding (see :func:`batches_already_consumed`).
     """
 
     def __init__(
@@ -181,8 +183,11 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         epoch, consumed = self.start.get()
         worker, num_workers = worker_id_and_count()
-        skip = min(batches_already_consumed(consumed, worker, num_workers), self.batches_per_worker)
-        seeds = [stream_seed(self.seed, epoch, self.rank, worker, purpose) for purpose in range(3)]
+        # A fresh DataLoader asks worker 0 first, but global batch `consumed` belongs to stream
+        # `consumed % num_workers`: rotate which stream each worker process plays.
+        stream = (worker + consumed) % num_workers
+        skip = min(batches_already_consumed(consumed, stream, num_workers), self.batches_per_worker)
+        seeds = [stream_seed(self.seed, epoch, self.rank, stream, purpose) for purpose in range(3)]
         flip_rng = random.Random(seeds[2])
 
         def assign_flip(sample: dict[str, Any]) -> dict[str, Any]:
