@@ -127,7 +127,7 @@ def test_resume_mid_epoch_reproduces_the_stream(digits_dir, num_workers):
     assert state["epoch"] == 0 and state["batches_consumed"] == 3
     tail, _ = run(state=state)
     assert head + tail == full
-    at_epoch_end, state = run(consume=10)
+    _, state = run(consume=10)
     assert state["batches_consumed"] == 10
     tail, _ = run(state=state)
     assert tail[:10] == full[10:]  # an end-of-epoch state starts the next epoch
