@@ -217,10 +217,12 @@ def test_skip_scale():
         ones = model(x, t, y, skip_scale=torch.ones(3))
         per_sample = model(x, t, y, skip_scale=torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.5, 1.0]]))
         zeros = model(x, t, y, skip_scale=torch.zeros(3))
+        broadcast = model(x, t, y, skip_scale=torch.tensor([[0.0, 0.5, 1.0]]))
     assert torch.equal(base, ones)
     assert torch.equal(per_sample[0], base[0]) and not torch.allclose(per_sample[1], base[1])
     assert not torch.allclose(zeros, base)
-    with pytest.raises(ValueError, match=r"\(3,\) or \(2, 3\)"):
+    assert torch.allclose(broadcast[1], per_sample[1])
+    with pytest.raises(ValueError, match=r"\(3,\), \(1, 3\) or \(2, 3\)"):
         model(x, t, y, skip_scale=torch.ones(2))
     with pytest.raises(ValueError, match="long_skip=False"):
         _tiny(long_skip=False)(x, t, y, skip_scale=torch.ones(3))
@@ -296,17 +298,23 @@ def test_no_weight_decay_names():
     assert names <= _param_names(model)
 
 
-def test_bf16_autocast_keeps_fp32_stream():
+def test_bf16_autocast_and_bf16_weights():
     model = _tiny()
     x, t, y = _inputs()
     with torch.no_grad():
         ref = model(x, t, y)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x, t, y)
-    assert torch.isfinite(low).all()
-    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+        assert torch.isfinite(low).all()
+        assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+        h = _capture_block0_input(model.bfloat16(), x.bfloat16(), t, y)
+        assert h.dtype == torch.float32  # bf16 weights, fp32 residual stream
+        pure = model(x.bfloat16(), t, y)
+    assert pure.dtype == torch.bfloat16
+    assert (pure.float() - ref).abs().max() < 0.1 * ref.abs().max()
 
 
+@pytest.mark.slow
 def test_full_size_small_forward():
     """The official CIFAR S model (50.57 M parameters), one image, one forward."""
     torch.manual_seed(0)

@@ -383,10 +383,10 @@ class DiM(nn.Module):
         if self.num_skip_receivers == 0:
             raise ValueError("skip_scale was given but this DiM has no long skips (long_skip=False)")
         r = self.num_skip_receivers
-        if skip_scale.shape not in ((r,), (batch, r)):
+        if tuple(skip_scale.shape) not in ((r,), (1, r), (batch, r)):
             raise ValueError(
-                f"skip_scale must have shape ({r},) or ({batch}, {r}) (one factor per receiving block), "
-                f"got {tuple(skip_scale.shape)}"
+                f"skip_scale must have shape ({r},), (1, {r}) or ({batch}, {r}) (one factor per receiving "
+                f"block), got {tuple(skip_scale.shape)}"
             )
         return skip_scale
 
@@ -404,7 +404,7 @@ class DiM(nn.Module):
     ) -> torch.Tensor:
         """Predict the noise for ``x`` (B, C, H, W) at timesteps ``t`` (B,) or scalar, labels ``y`` (B,).
 
-        ``y=None`` means the null class (index ``num_classes``). ``skip_scale`` (R,) or (B, R), with
+        ``y=None`` means the null class (index ``num_classes``). ``skip_scale`` (R,), (1, R) or (B, R), with
         R = ``num_skip_receivers``, multiplies the skip arriving at the k-th receiving block (k = 0 is the first
         decoder block, nearest the middle).
         """
