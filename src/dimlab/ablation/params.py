@@ -9,6 +9,7 @@ Building just the backbone keeps the dry run free of the Trainer, the data and a
 from __future__ import annotations
 
 import copy
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def build_backbone_on_meta(base: Path, overrides: dict[str, Any]) -> nn.Module:
         parsed = parser.parse_object({"backbone": backbone_config(base, overrides)})
         with torch.device("meta"):
             return parser.instantiate_classes(parsed).backbone
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, ArgumentError) as err:
         raise ValueError(f"{base}: model.backbone cannot be built with these overrides: {err}") from None
 
 
