@@ -40,6 +40,7 @@ PROTOCOL = (
     "ADM TensorFlow evaluator (DiT, SiT)"
 )
 CFG_CONVENTION = "U-ViT/DiM: eps = eps_c + s * (eps_c - eps_u), guidance weight w = 1 + s"
+FEATURE_DIMS = (64, 192, 768, 2048)
 SEED_RULE = "sample i uses seed SeedSequence([base_seed, i]); labels drawn once for all N from base_seed"
 
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--download-inception", action="store_true", help="fetch the weights into the torch hub cache"
     )
+    p.add_argument(
+        "--feature-dim", type=int, choices=FEATURE_DIMS, default=2048, help="Inception block (2048 for FID)"
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--vae", help="VAE folder for latent-space checkpoints (overrides the recorded one)")
     p.add_argument("--npz-key", help="array name inside --images .npz (default arr_0)")
@@ -104,6 +108,9 @@ def build_ref_stats_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", type=Path, help="local weights-inception-2015-12-05-6726825d.pth")
     p.add_argument(
         "--download-inception", action="store_true", help="fetch the weights into the torch hub cache"
+    )
+    p.add_argument(
+        "--feature-dim", type=int, choices=FEATURE_DIMS, default=2048, help="Inception block (2048 for FID)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")
@@ -161,6 +168,10 @@ def _score_main(args) -> int:
     # Everything that can be missing is checked here, before any process starts or model loads.
     weights = resolve_inception_weights(args.inception_weights, download=args.download_inception)
     ref = load_reference_stats(args.ref)
+    if ref.mu.shape[0] != args.feature_dim:
+        raise ValueError(
+            f"{args.ref} holds {ref.mu.shape[0]}-d statistics but --feature-dim is {args.feature_dim}"
+        )
     class_counts = _load_class_counts(args.class_counts, args.labels) if args.ckpt is not None else None
     if args.images is not None:
         from dimlab.eval.images import open_image_source
@@ -186,7 +197,7 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
     from dimlab.eval.score import generate_and_score, score_images
 
     rank, world = fabric.global_rank, fabric.world_size
-    metric = build_fid_metric(weights, device=fabric.device)
+    metric = build_fid_metric(weights, feature=args.feature_dim, device=fabric.device)
     show = not args.no_progress and rank == 0
     if args.images is not None:
         from dimlab.eval.images import open_image_source
@@ -286,7 +297,12 @@ def _build_report(args, weights: Path, ref: ReferenceStats, summary: dict) -> di
             "resolution": ref.resolution,
             "source": ref.source,
         },
-        "inception_weights": {"path": str(weights), "sha256": sha, "official": is_official_weights(sha)},
+        "inception_weights": {
+            "path": str(weights),
+            "sha256": sha,
+            "official": is_official_weights(sha),
+            "feature_dim": args.feature_dim,
+        },
         "world_size": summary["world_size"],
         "batch_size_per_device": args.batch_size,
         "seconds": round(summary["seconds"], 2),
@@ -338,7 +354,7 @@ def _print_table(report: dict) -> None:
     )
     inc = report["inception_weights"]
     official = "official" if inc["official"] else "NOT the official FID weights"
-    table.add_row("inception", f"sha256 {inc['sha256'][:12]}… ({official})")
+    table.add_row("inception", f"sha256 {inc['sha256'][:12]}… ({official}, {inc['feature_dim']}-d features)")
     table.add_row("devices / time", f"{report['world_size']} / {report['seconds']} s")
     Console().print(table)
 
@@ -378,7 +394,7 @@ def _ref_stats_main(args) -> int:
     batches, description = _reference_batches(args)
     from dimlab.eval.inception import build_fid_metric
 
-    metric = build_fid_metric(weights, device=args.device)
+    metric = build_fid_metric(weights, feature=args.feature_dim, device=args.device)
     stats = compute_reference_stats(
         _with_progress(batches, not args.no_progress),
         metric=metric,
