@@ -19,7 +19,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dimlab.data.transforms import decode_image, uint8_to_signed
+from dimlab.data.transforms import decode_image
 
 log = logging.getLogger("dimlab.data")
 
@@ -76,7 +76,7 @@ class SharedEpochStart:
 class SampleDecoder:
     """Turns a raw webdataset sample into ``{"x": array, "y": int}`` for one data kind.
 
-    images / pixels: ``x`` is (H, W, C) uint8 (flipped when ``sample["__flip__"]``); latents: ``x`` is the
+    images / pixels: ``x`` is (C, H, W) uint8 (flipped when ``sample["__flip__"]``); latents: ``x`` is the
     (2C, h, w) float16 moments of the image or of its flip.
     """
 
@@ -114,7 +114,10 @@ class SampleDecoder:
         expected = (self.resolution, self.resolution, self.channels)
         if image.shape != expected:
             raise ValueError(f"image is {image.shape}, expected {expected} (H, W, C)")
-        return image[:, ::-1] if flip else image
+        if flip:
+            image = image[:, ::-1]
+        # (C, H, W) per sample: transposing one small image is cache-friendly, a whole batch is not
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
 
     def _latents(self, sample: dict[str, Any], flip: bool) -> np.ndarray:
         member = "moments_flip.npy" if flip else "moments.npy"
@@ -127,9 +130,9 @@ class SampleDecoder:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack decoded samples into ``{"x": float32, "y": int64}``; uint8 images become (B, C, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.stack([sample["x"] for sample in samples]))
-    x = uint8_to_signed(x.permute(0, 3, 1, 2)).contiguous() if x.dtype == torch.uint8 else x.float()
+    """Stack decoded samples into ``{"x": float32, "y": int64}``; uint8 (C, H, W) images are mapped to [-1, 1]."""
+    stacked = torch.from_numpy(np.stack([sample["x"] for sample in samples]))
+    x = stacked.to(torch.float32).div_(127.5).sub_(1.0) if stacked.dtype == torch.uint8 else stacked.float()
     return {"x": x, "y": torch.tensor([sample["y"] for sample in samples], dtype=torch.long)}
 
 

@@ -148,9 +148,7 @@ def _write_one_shard(builder: ShardBuilder, out_dir: Path, job: ShardJob, advanc
     tmp_path = out_dir / f"{job.name}{TMP_MARKER}{os.getpid()}"
     try:
         with open(tmp_path, "wb") as stream:
-            writer = wds.TarWriter(
-                stream, encoder=False, mtime=0.0, user="dimlab", group="dimlab", mode=0o444
-            )
+            writer = wds.TarWriter(stream, encoder=False, mtime=0, user="dimlab", group="dimlab", mode=0o444)
             sink = ShardSink(writer)
             builder(job, sink, advance or (lambda n: None))
             writer.close()
