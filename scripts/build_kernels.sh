@@ -149,7 +149,8 @@ if [[ "$INSTALL" == "1" ]]; then
     # --no-deps: the runtime needs (einops, triton, transformers, ...) come with torch / dimlab or are
     # reported below; pip would otherwise try to resolve mamba-ssm's optional extras over the network.
     "$PYTHON" -m pip install --no-deps --force-reinstall "$CONV_WHEEL" "$MAMBA_WHEEL"
-    if "$PYTHON" -c "import selective_scan_cuda, causal_conv1d_cuda, causal_conv1d, mamba_ssm.ops.selective_scan_interface"; then
+    # torch first: the extensions link against libc10.so, which importing torch loads
+    if "$PYTHON" -c "import torch, selective_scan_cuda, causal_conv1d_cuda, causal_conv1d, mamba_ssm.ops.selective_scan_interface"; then
         say "installed; mamba_ssm and causal_conv1d import"
     else
         die "the wheels installed but do not import (see the error above); a missing pure-Python dependency of mamba_ssm (e.g. transformers, huggingface_hub, triton) can be installed with pip"
