@@ -197,6 +197,7 @@ def test_bad_reference_stats_fail_at_setup(fid_assets, tmp_path):
         ({"num_samples": 1}, "num_samples"),
         ({"sampler": "heun"}, "sampler"),
         ({"steps": 0}, "steps"),
+        ({"sampler": "dpm++", "steps": 2}, "order 3 needs steps >= 3"),
         ({"cfg_scale": -1.0}, "cfg_scale"),
         ({"label_mode": "class_frequency"}, "class_counts"),
     ],
@@ -205,3 +206,39 @@ def test_bad_arguments_are_rejected_at_construction(kwargs, message):
     args = {"every_n_steps": 2, "num_samples": 6, "ref_stats": "ref.npz"} | kwargs
     with pytest.raises(ValueError, match=message):
         FIDCallback(**args)
+
+
+def _logged_fid(csv_path, key: str) -> dict[int, float]:
+    with open(csv_path) as fh:
+        return {int(row["step"]): float(row[key]) for row in csv.DictReader(fh) if row.get(key)}
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_fid(fid_assets, tmp_path):
+    """Each rank samples its own slice and the features are gathered once: the FID over 7 images is the same
+    with 1 or 2 processes (lr 0 keeps the weights identical across the two runs)."""
+    weights, ref_path = fid_assets
+    results = {}
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        module = _module()
+        module.hparams.lr = 0.0
+        callback = FIDCallback(2, 7, ref_path, steps=3, batch_size=2, inception_weights=weights, seed=1)
+        logger = CSVLogger(tmp_path, name=f"ranks{devices}", version=0)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            max_steps=2,
+            callbacks=[callback],
+            logger=logger,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, train_dataloaders=_loader())
+        results[devices] = _logged_fid(
+            tmp_path / f"ranks{devices}" / "version_0" / "metrics.csv", callback.key
+        )
+    assert list(results[1]) == list(results[2]) == [2]
+    assert results[2][2] == pytest.approx(results[1][2], rel=1e-5)

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from dimlab.diffusion.dpm_solver import fast_orders
 from dimlab.diffusion.samplers import SAMPLERS
 
 __all__ = ["FIDCallback", "fid_metric_key"]
@@ -87,6 +88,11 @@ class FIDCallback(L.Callback):
             raise ValueError(f"FIDCallback.sampler must be one of {SAMPLERS}, got {sampler!r}")
         if steps < 1:
             raise ValueError(f"FIDCallback.steps must be >= 1, got {steps}")
+        if sampler in ("dpm++", "dpm"):
+            try:
+                fast_orders(steps, order=3)  # the Sampler's DPM-Solver setting; fails here, not mid-training
+            except ValueError as err:
+                raise ValueError(f"FIDCallback: sampler {sampler!r} with steps={steps}: {err}") from err
         if not math.isfinite(cfg_scale) or cfg_scale < 0:
             raise ValueError(f"FIDCallback.cfg_scale must be finite and >= 0, got {cfg_scale}")
         if seed < 0:
