@@ -1,0 +1,154 @@
+"""``dimlab fid`` end to end: ref-stats, scoring stored images, scoring a tiny trained checkpoint's samples."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dimlab.eval.cli import main
+from dimlab.eval.ref_stats import load_reference_stats
+
+
+@pytest.fixture
+def image_npzs(tmp_path, small_images):
+    same = tmp_path / "same.npz"
+    np.savez(same, small_images.permute(0, 2, 3, 1).numpy())
+    other = tmp_path / "other.npz"
+    np.savez(other, (255 - small_images).permute(0, 2, 3, 1).numpy())
+    return same, other
+
+
+def _ref_stats(tmp_path, source, weights, extra=()):
+    out = tmp_path / "ref.npz"
+    argv = ["ref-stats", str(source), str(out), "--feature-dim", "64", "--inception-weights", str(weights)]
+    assert main([*argv, "--no-progress", *extra]) == 0
+    return out
+
+
+def test_ref_stats_then_score_images(tmp_path, image_npzs, random_inception_weights, capsys):
+    same, other = image_npzs
+    ref = _ref_stats(tmp_path, same, random_inception_weights)
+    stats = load_reference_stats(ref)
+    assert stats.count == 8 and stats.mu.shape == (64,) and "same.npz" in stats.source
+    assert main(["ref-stats", str(same), str(ref), "--inception-weights", str(random_inception_weights)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+    common = ["--ref", str(ref), "--feature-dim", "64", "--inception-weights", str(random_inception_weights)]
+    common += ["--no-progress", "--accelerator", "cpu", "--batch-size", "3"]
+    assert main(["--images", str(same), "--out", str(tmp_path / "same.json"), *common]) == 0
+    assert main(["--images", str(other), "--out", str(tmp_path / "other.json"), *common]) == 0
+    same_report = json.loads((tmp_path / "same.json").read_text())
+    other_report = json.loads((tmp_path / "other.json").read_text())
+    assert abs(same_report["fid"]) < 1e-4 * np.trace(stats.sigma)
+    assert other_report["fid"] > 1e-2 * np.trace(stats.sigma)
+    assert same_report["num_samples"] == 8 and same_report["source"]["kind"] == "images"
+    inc = same_report["inception_weights"]
+    assert inc["feature_dim"] == 64 and inc["official"] is False and len(inc["sha256"]) == 64
+    assert same_report["reference"]["count"] == 8
+    assert "FID" in capsys.readouterr().out, "the final table is printed"
+
+    bad = main(["--images", str(same), *common[:2], "--inception-weights", str(random_inception_weights)])
+    assert bad == 2 and "--feature-dim" in capsys.readouterr().err, "2048-d default vs 64-d statistics"
+
+
+def _tiny_checkpoint(tmp_path):
+    import lightning as L
+
+    from dimlab.lit.module import DiffusionModule
+    from tiny_models import tiny_uvit
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"x": torch.rand(1, 8, 8, generator=g) * 2 - 1, "y": torch.tensor(i % 4)} for i in range(8)]
+    module = DiffusionModule(tiny_uvit(num_classes=4), schedule="vp_sde", warmup_steps=0, ema_decay=0.9)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    path = tmp_path / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_score_a_checkpoint(tmp_path, random_inception_weights):
+    from dimlab.eval.quantize import to_uint8
+    from dimlab.eval.split import official_labels, sample_seeds
+    from dimlab.lit.sampling import load_sampler
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    grey = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "real.npz", grey)
+    ref = _ref_stats(tmp_path, tmp_path / "real.npz", random_inception_weights)
+    out, pngs = tmp_path / "fid.json", tmp_path / "pngs"
+    argv = [
+        "--ckpt",
+        str(ckpt),
+        "--num-samples",
+        "6",
+        "--ref",
+        str(ref),
+        "--steps",
+        "3",
+        "--cfg-scale",
+        "0.4",
+    ]
+    argv += [
+        "--batch-size",
+        "4",
+        "--seed",
+        "5",
+        "--feature-dim",
+        "64",
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+    ]
+    argv += [
+        "--inception-weights",
+        str(random_inception_weights),
+        "--out",
+        str(out),
+        "--save-images",
+        str(pngs),
+    ]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert np.isfinite(report["fid"]) and report["fid"] > 0
+    assert report["source"] == {"kind": "checkpoint", "path": str(ckpt), "ema": True}
+    s = report["sampling"]
+    assert (s["sampler"], s["steps"], s["cfg_scale"], s["base_seed"]) == ("dpm++", 3, 0.4, 5)
+    assert s["label_mode"] == "uniform" and s["num_classes"] == 4 and "w = 1 + s" in s["cfg_convention"]
+
+    # the saved images are exactly what the sampler draws for (seed, label) of each global index
+    files = sorted(pngs.glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(6)]
+    sampler = load_sampler(ckpt)
+    labels = official_labels(6, 4, seed=5)
+    for i in (0, 5):
+        img = sampler.sample(labels[i : i + 1], sample_seeds(5, [i]), cfg_scale=0.4, sampler="dpm++", steps=3)
+        expected = to_uint8(img)[0, 0].numpy()
+        saved = np.asarray(Image.open(files[i]))
+        assert np.array_equal(saved[..., 0], expected) and np.array_equal(saved[..., 2], expected)
+
+
+def test_bad_arguments_are_reported(tmp_path, capsys, random_inception_weights):
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(64), sigma=np.eye(64))
+    w = ["--inception-weights", str(random_inception_weights)]
+    assert main(["--ckpt", str(tmp_path / "x.ckpt"), "--ref", str(ref), *w]) == 2
+    assert "--num-samples" in capsys.readouterr().err
+    assert main(["--ckpt", str(tmp_path / "x.ckpt"), "--num-samples", "4", "--ref", str(ref), *w]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main(["--images", str(tmp_path), "--ref", str(tmp_path / "nope.npz"), *w]) == 2
+    assert "nope.npz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--ref", str(ref)])  # neither --ckpt nor --images: argparse usage error
