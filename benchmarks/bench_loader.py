@@ -10,7 +10,8 @@ Synthetic images are smooth (bicubic-upsampled 8 x 8 colour noise plus mild grai
 and decode costs are close to natural photos (pure noise would compress ~5x worse and decode slower).
 Each case is timed with ``--workers`` DataLoader workers (and optionally also in the main process,
 ``--workers 0``, the cleanest per-core figure). The first batch (worker start, shuffle-buffer fill) is
-excluded. samples/s per core = samples/s / max(workers, 1).
+excluded. Besides wall-clock samples/s, the CPU seconds of the main process and its workers are read from
+/proc: samples per CPU second is the per-core rate, and it stays meaningful on a shared, loaded machine.
 
 Usage:
     python benchmarks/bench_loader.py --workers 0 2 --json runs/bench_loader.json
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from dimlab.data.array_source import write_array_shards
@@ -106,10 +108,36 @@ def write_jpeg_shards(out: Path, count: int, resolution: int, shard_size: int) -
     )
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by the given processes (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def child_pids(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (the DataLoader workers, once started)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
+
+
 def time_loader(
     data_dir: Path, kind: str, resolution: int, workers: int, batches: int, batch_size: int
 ) -> dict:
-    """Iterate ``batches`` + 1 training batches; time all but the first."""
+    """Iterate ``batches`` + 1 training batches; time all but the first, in wall and CPU seconds.
+
+    The CPU-second rate (samples per CPU second of the main process and its workers) is the per-core
+    throughput and stays meaningful when other jobs share the machine; the wall rate does not.
+    """
     data = ShardDataModule(
         str(data_dir),
         resolution=resolution,
@@ -118,22 +146,25 @@ def time_loader(
         channels=3,
         batch_size=batch_size,
         num_workers=workers,
-        samples_per_epoch=(batches + 1) * batch_size * max(workers, 1),
+        samples_per_epoch=(batches + 1) * batch_size * max(workers, 1) * 2,
         shuffle_buffer=256,
         pin_memory=False,
     )
     data.setup("fit")
-    iterator = iter(data.train_dataloader())
+    loader = data.train_dataloader()
+    iterator = iter(loader)
     next(iterator)
-    start = time.perf_counter()
+    pids = [os.getpid(), *child_pids(os.getpid())]
+    cpu_start, start = cpu_seconds(pids), time.perf_counter()
     for _ in range(batches):
         batch = next(iterator)
-    elapsed = time.perf_counter() - start
-    rate = batches * batch_size / elapsed
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu_start
+    samples = batches * batch_size
     return {
-        "samples_per_s": rate,
-        "samples_per_s_per_core": rate / max(workers, 1),
-        "seconds": elapsed,
+        "samples_per_s": samples / elapsed,
+        "samples_per_cpu_s": samples / cpu,
+        "wall_s": elapsed,
+        "cpu_s": cpu,
         "batch_shape": list(batch["x"].shape),
         "skipped": data.skipped_samples,
     }
@@ -151,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small data and few batches (smoke check)")
     parser.add_argument("--json", default="runs/bench_loader.json", help="where to write the results")
     args = parser.parse_args(argv)
+    # DataLoader workers run torch single-threaded; do the same in the main process so workers=0 measures
+    # one core (intra-op threads only add spin-waiting for these small per-batch ops).
+    torch.set_num_threads(1)
     scale = 8 if args.quick else 1
     batches = 3 if args.quick else args.batches
     cases = [
@@ -177,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "load_average_1min_at_end": os.getloadavg()[0],
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "batch_size": args.batch_size,
         "results": results,
@@ -184,11 +219,12 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.json}")
-    print(f"{'case':<10} {'workers':>7} {'KB/sample':>9} {'samples/s':>10} {'per core':>9}")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'case':<10} {'workers':>7} {'KB/sample':>9} {'samples/s (wall)':>16} {'samples/CPU-s':>13}")
     for row in results:
         print(
             f"{row['case']:<10} {row['workers']:>7} {row['bytes_per_sample'] / 1024:>9.1f} "
-            f"{row['samples_per_s']:>10.0f} {row['samples_per_s_per_core']:>9.0f}"
+            f"{row['samples_per_s']:>16.0f} {row['samples_per_cpu_s']:>13.0f}"
         )
     return 0
 

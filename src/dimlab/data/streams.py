@@ -4,7 +4,8 @@ the split validation stream, and the skipped-sample counter shared by all worker
 
 from __future__ import annotations
 
-import io
+import ast
+import functools
 import itertools
 import logging
 import math
@@ -19,6 +20,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from dimlab.data.tar_reader import tar_samples
 from dimlab.data.transforms import decode_image
 
 log = logging.getLogger("dimlab.data")
@@ -123,10 +125,32 @@ class SampleDecoder:
         member = "moments_flip.npy" if flip else "moments.npy"
         if member not in sample:
             raise ValueError(f"no {member!r} member")
-        moments = np.load(io.BytesIO(sample[member]), allow_pickle=False)
+        moments = load_npy(sample[member])
         if self.moments_shape is not None and tuple(moments.shape) != self.moments_shape:
             raise ValueError(f"moments are {moments.shape}, expected {self.moments_shape}")
         return moments
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_layout(header: str) -> tuple[np.dtype, tuple[int, ...], bool]:
+    fields = ast.literal_eval(header)
+    return np.dtype(fields["descr"]), tuple(fields["shape"]), bool(fields["fortran_order"])
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """Read .npy bytes without copying; ``np.load`` re-parses the header with ``ast`` for every array, which
+    costs more than the rest of a latent sample, so headers (identical across a data set) are cached."""
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError("not a .npy array (bad magic)")
+    size_bytes = 2 if data[6] == 1 else 4
+    header_length = int.from_bytes(data[8 : 8 + size_bytes], "little")
+    offset = 8 + size_bytes + header_length
+    dtype, shape, fortran = _npy_layout(data[8 + size_bytes : offset].decode("latin1"))
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed in shards")
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(
+        shape, order="F" if fortran else "C"
+    )
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -199,7 +223,7 @@ class TrainStream(IterableDataset):
 
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seeds[0], worker_seed=lambda: 0, deterministic=True),
-            wds.tarfile_to_samples(handler=self.handler),
+            tar_samples(self.handler),
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=random.Random(seeds[1])),
             wds.map(assign_flip),
             # resume: drop what earlier batches consumed, before the (expensive) decoding
@@ -235,7 +259,7 @@ class ValidationStream(IterableDataset):
             return iter(())
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(mine),
-            wds.tarfile_to_samples(handler=self.handler),
+            tar_samples(self.handler),
             wds.map(self.decoder, handler=self.handler),
             wds.batched(self.batch_size, collation_fn=collate, partial=True),
         )
