@@ -17,8 +17,9 @@ _RANGES = {(-1.0, 1.0), (0.0, 1.0)}
 def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
     """Round float images in ``value_range`` (``(-1, 1)`` or ``(0, 1)``) to uint8 in [0, 255], clamping outliers.
 
-    ``(-1, 1)``: ``((x + 1) * 127.5).round()``; ``(0, 1)``: ``(x * 255).round()``. Rounding is half-to-even
-    (``torch.round``); exact halves only occur for values that are not images of a real sampler.
+    ``(-1, 1)``: ``((x + 1) * 127.5).round()``; ``(0, 1)``: ``(x * 255).round()``. ``torch.round`` rounds
+    halves to even where torchvision's ``save_image`` (``+ 0.5`` then truncate) rounds them up; the two differ
+    only on values that land exactly on a half level.
     """
     low, high = float(value_range[0]), float(value_range[1])
     if (low, high) not in _RANGES:
