@@ -202,3 +202,15 @@ def test_setup_errors_name_the_bad_input(digits_dir, tmp_path):
         ShardDataModule(str(bare / "train-000000.tar"), resolution=16, num_classes=10).setup("fit")
     with pytest.raises(ValueError, match="kind='video'"):
         ShardDataModule(str(digits_dir), resolution=16, num_classes=10, kind="video")
+
+
+def test_datamodule_survives_deepcopy_and_pickle(digits_dir):
+    import copy
+    import pickle
+
+    dm = _digits(digits_dir, samples_per_epoch=64)
+    dm.setup("fit")
+    list(dm.train_dataloader())
+    for clone in (copy.deepcopy(dm), pickle.loads(pickle.dumps(dm))):
+        assert clone.state_dict() == dm.state_dict() and clone.skipped_samples == 0
+        assert len(list(clone.train_dataloader())) == 4

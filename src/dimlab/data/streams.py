@@ -55,6 +55,12 @@ class SkippedSampleCounter:
         """Samples / tar members skipped so far, over all workers."""
         return int(self._count.value)
 
+    def __getstate__(self) -> dict[str, Any]:
+        return _share_or_snapshot(self, {"_count": self.count})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _restore(self, state)
+
 
 class SharedEpochStart:
     """Epoch and number of already-consumed batches, written by the main process before each epoch and read by
@@ -72,6 +78,30 @@ class SharedEpochStart:
     def get(self) -> tuple[int, int]:
         """(epoch, consumed batches)."""
         return int(self._epoch.value), int(self._skip.value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        epoch, skip = self.get()
+        return _share_or_snapshot(self, {"_epoch": epoch, "_skip": skip})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        _restore(self, state)
+
+
+def _share_or_snapshot(owner: Any, values: dict[str, int]) -> dict[str, Any]:
+    """Pickle state: the shared Values themselves when starting a worker process (so it shares them), plain
+    numbers otherwise (deepcopy, ddp_spawn), because shared Values may only be passed to child processes."""
+    if multiprocessing.context.get_spawning_popen() is not None:
+        return dict(owner.__dict__)
+    return {"__snapshot__": values}
+
+
+def _restore(owner: Any, state: dict[str, Any]) -> None:
+    if "__snapshot__" not in state:
+        owner.__dict__.update(state)
+        return
+    owner.__init__()
+    for name, value in state["__snapshot__"].items():
+        getattr(owner, name).value = value
 
 
 @dataclass(frozen=True)
