@@ -9,12 +9,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dimlab.data.datamodule import ShardDataModule
+from dimlab.lit.callbacks import RunSummary
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
 from dimlab.lit.module import DiffusionModule
+from dimlab.lit.wandb_logging import WandbSaveConfigCallback
 
 # subcommand -> module with a ``main(argv) -> int``
 EXTRA_COMMANDS = {
@@ -31,17 +34,28 @@ DESCRIPTION = "dimlab: DiM / U-ViT diffusion experiments.\n\nOther commands: " +
 
 
 class DimlabCLI(LightningCLI):
-    """LightningCLI with dimlab's defaults: a checkpoint callback that is always there, atomic checkpoint files,
-    omegaconf interpolation in YAML, and a saved config that may be overwritten by repeat runs."""
+    """LightningCLI with dimlab's defaults.
+
+    A checkpoint callback that is always there (``checkpoint.*`` keys), atomic checkpoint files, omegaconf
+    interpolation in YAML, a saved config that repeat runs may overwrite and that also reaches ``wandb.config``,
+    rich progress and model summary, and ``summary.json`` at the end of ``fit``.
+    """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf", "description": DESCRIPTION})
+        kwargs.setdefault("save_config_callback", WandbSaveConfigCallback)
         kwargs.setdefault(
             "trainer_defaults",
-            {"callbacks": [RichProgressBar()], "plugins": [AtomicCheckpointIO()]},
+            {"callbacks": [RichProgressBar(), RichModelSummary(max_depth=2), RunSummary()]},
         )
         super().__init__(DiffusionModule, ShardDataModule, *args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
@@ -14,6 +15,8 @@ from dimlab.diffusion.schedules import build_schedule
 from dimlab.lit.ema import EMA
 from dimlab.lit.sampling import Sampler
 from dimlab.models.spec import backbone_spec
+
+log = logging.getLogger("dimlab")
 
 _NO_DECAY_HINTS = ("embed", "pad_token", "pos", "A_log", "scale_shift_table", "norm")
 
@@ -32,6 +35,24 @@ def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
         if p.ndim <= 1 or any(h in name for h in _NO_DECAY_HINTS):
             names.add(name)
     return names
+
+
+def load_initial_weights(backbone: nn.Module, path: str, ema: bool = True):
+    """Copy weights from a checkpoint into ``backbone``, adapting the position table; log what changed."""
+    from dimlab.models.convert import load_weights_adapting, read_backbone_file
+
+    _, weights = read_backbone_file(path, map_location="cpu", ema=ema)
+    report = load_weights_adapting(backbone, weights)
+    log.info(
+        "initialised from %s (%s weights): %d copied, resized %s, newly initialised %s, ignored %s",
+        path,
+        "EMA" if ema else "raw",
+        len(report.copied),
+        report.resized or "none",
+        report.newly_initialised or "none",
+        report.unexpected or "none",
+    )
+    return report
 
 
 class DiffusionModule(L.LightningModule):
@@ -59,6 +80,11 @@ class DiffusionModule(L.LightningModule):
         compile: wrap the backbone's forward in ``torch.compile``.
         bf16_timesteps: reproduce the official bf16 rounding of the network time (a documented bug; off).
         seed: base seed of the per-step noise generator (steps are reproducible across resumes).
+        init_from: a dimlab checkpoint or converted official backbone file to start from (weak-to-strong
+            fine-tuning): matching tensors are copied, the position table is resized bilinearly when the grid
+            differs, and the report of resized / newly initialised tensors is logged. The EMA starts as a copy
+            of the loaded weights, as in the official fine-tune.
+        init_from_ema: read the EMA weights of ``init_from`` when it holds both.
     """
 
     def __init__(
@@ -80,6 +106,8 @@ class DiffusionModule(L.LightningModule):
         compile: bool = False,
         bf16_timesteps: bool = False,
         seed: int = 0,
+        init_from: str | None = None,
+        init_from_ema: bool = True,
     ):
         super().__init__()
         if not 0.0 <= p_uncond < 1.0:
@@ -88,15 +116,19 @@ class DiffusionModule(L.LightningModule):
             raise ValueError(f"model.warmup_steps must be >= 0, got {warmup_steps}")
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
+        self.init_report = load_initial_weights(backbone, init_from, init_from_ema) if init_from else None
         self.ema = EMA(backbone, ema_decay)
         self.schedule = build_schedule(schedule)
-        self.num_classes = int(getattr(backbone, "num_classes", 0) or 0)
+        args = backbone_spec(backbone)["init_args"]
+        self.num_classes = int(args.get("num_classes") or 0)
         if class_conditional and self.num_classes <= 0:
             raise ValueError("model.class_conditional=true needs a backbone with num_classes > 0")
-        in_ch = int(backbone.in_channels)
-        size = backbone.input_size
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-        self.latent_shape = tuple(latent_shape) if latent_shape else (in_ch, *hw)
+        if latent_shape:
+            self.latent_shape = tuple(latent_shape)
+        else:
+            size = args["input_size"]
+            hw = (size, size) if isinstance(size, int) else tuple(size)
+            self.latent_shape = (int(args["in_channels"]), *hw)
         self._vae = None
         self._forward = backbone
         self._step_t0: float | None = None

@@ -117,13 +117,10 @@ class Sampler:
         receivers = int(getattr(self.backbone, "num_skip_receivers", 0))
         if receivers == 0:
             raise ValueError("skip-tune needs a backbone with long skip connections")
-        per_unit_time = float(self.schedule.network_time(torch.ones(1))[0])
 
         def net(x, t_net, y):
-            t_cont = (
-                torch.as_tensor(t_net, dtype=torch.float32, device=x.device).expand(x.shape[0])
-                / per_unit_time
-            )
+            t_net = torch.as_tensor(t_net, dtype=torch.float32, device=x.device).expand(x.shape[0])
+            t_cont = self.schedule.continuous_time(t_net)
             scales = skip_tune_scales(t_cont, receivers, rho_top=rho_top, rho_bottom=rho_bottom)
             return self.backbone(x, t_net, y, skip_scale=scales)
 
