@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import io
 import json
 import os
@@ -159,6 +160,10 @@ def time_loader(
     for _ in range(batches):
         batch = next(iterator)
     elapsed, cpu = time.perf_counter() - start, cpu_seconds(pids) - cpu_start
+    # stop the persistent workers now, so later forks (the next case's shard writer) do not inherit them
+    iterator.close()
+    del iterator, loader
+    gc.collect()
     samples = batches * batch_size
     return {
         "samples_per_s": samples / elapsed,
