@@ -137,3 +137,34 @@ def test_latent_shards_store_image_and_flip_moments(tmp_path, fake_cifar, tiny_v
     assert {"plain", "flip"} <= set(kinds)
     val = [b for b in dm.val_dataloader()]
     assert sum(len(b["y"]) for b in val) == 10
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_latent_shards_on_gpu_match_cpu(tmp_path, fake_cifar, tiny_vae_dir):
+    archive, _ = fake_cifar
+    images_dir = tmp_path / "images"
+    assert main(["cifar10", str(images_dir), "--archive", str(archive), "--workers", "1"]) == 0
+    for device in ("cpu", "cuda"):
+        args = [
+            "latents",
+            str(images_dir),
+            str(tmp_path / device),
+            "--vae",
+            str(tiny_vae_dir),
+            "--device",
+            device,
+        ]
+        assert main(args) == 0
+    for name in ("train-000000.tar", "test-000000.tar"):
+        cpu, gpu = (
+            list(wds.DataPipeline(wds.SimpleShardList([str(tmp_path / d / name)]), wds.tarfile_to_samples()))
+            for d in ("cpu", "cuda")
+        )
+        for a, b in zip(cpu, gpu, strict=True):
+            np.testing.assert_allclose(
+                np.load(io.BytesIO(a["moments.npy"])).astype(np.float32),
+                np.load(io.BytesIO(b["moments.npy"])).astype(np.float32),
+                rtol=1e-2,
+                atol=1e-2,
+            )
