@@ -214,3 +214,37 @@ def test_datamodule_survives_deepcopy_and_pickle(digits_dir):
     for clone in (copy.deepcopy(dm), pickle.loads(pickle.dumps(dm))):
         assert clone.state_dict() == dm.state_dict() and clone.skipped_samples == 0
         assert len(list(clone.train_dataloader())) == 4
+
+
+def test_cifar_pixels_read_back_in_rgb_chw_order(tmp_path, fake_cifar):
+    from dimlab.data.cli import main
+
+    archive, expected = fake_cifar
+    out = tmp_path / "cifar"
+    assert main(["cifar10", str(out), "--archive", str(archive), "--shard-size", "4", "--workers", "1"]) == 0
+    dm = ShardDataModule(
+        str(out),
+        val_shards=str(out),
+        kind="pixels",
+        resolution=32,
+        num_classes=10,
+        batch_size=4,
+        num_workers=2,
+        shuffle_buffer=8,
+    )
+    dm.setup("fit")
+    assert dm.val_set.split == "test"  # a directory without a val split validates on test
+    images, labels = expected["test"]
+    wanted = {
+        image.transpose(2, 0, 1).tobytes(): int(label) for image, label in zip(images, labels, strict=True)
+    }
+    got = {}
+    for batch in dm.val_dataloader():
+        assert batch["x"].shape[1:] == (3, 32, 32)
+        for x, y in zip(batch["x"], batch["y"].tolist(), strict=True):
+            got[_image_bytes(x)] = y
+    assert got == wanted
+    train_images = {image.transpose(2, 0, 1).tobytes() for image in expected["train"][0]}
+    train_flipped = {image[:, ::-1].transpose(2, 0, 1).tobytes() for image in expected["train"][0]}
+    batch = next(iter(dm.train_dataloader()))
+    assert all(_image_bytes(x) in train_images | train_flipped for x in batch["x"])
