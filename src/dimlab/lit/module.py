@@ -132,6 +132,8 @@ class DiffusionModule(L.LightningModule):
         self._vae = None
         self._forward = backbone
         self._step_t0: float | None = None
+        # Set by dimlab.lit.faults.NonFiniteGuard when it dropped a step's gradients: the EMA must not advance.
+        self.optimizer_step_skipped = False
 
     # ----------------------------------------------------------------------------------------------- set-up
     @property
@@ -267,6 +269,9 @@ class DiffusionModule(L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
+        if self.optimizer_step_skipped:
+            self.optimizer_step_skipped = False
+            return
         self.ema.update(self.backbone)
 
     def configure_optimizers(self):

@@ -1,0 +1,292 @@
+"""Callbacks that keep long runs alive: pre-emption checkpoints, non-finite step guard, skipped-sample metric.
+
+* :class:`PreemptionCheckpoint`: SIGTERM / SIGUSR1 (pre-emption, SLURM's ``--signal``) -> ``last.ckpt`` at the next
+  optimizer-step boundary, then a clean stop (and a SLURM requeue for the requeue signal); the next launch with
+  ``--ckpt_path=last`` continues at the same step and data position.
+* :class:`NonFiniteGuard`: an optimizer step whose loss or gradients are not finite is skipped and counted; after
+  ``max_consecutive`` in a row training stops with :class:`NonFiniteTrainingError`; the checkpoints keep good
+  weights, since skipped steps change nothing.
+* :class:`SkippedSampleMonitor`: logs how many corrupt samples the data module skipped (``data/skipped_samples``).
+
+All three work under DDP and FSDP: every decision that must be the same on every rank is reduced over ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger("dimlab")
+
+__all__ = ["NonFiniteGuard", "NonFiniteTrainingError", "PreemptionCheckpoint", "SkippedSampleMonitor"]
+
+
+def _at_step_boundary(trainer: L.Trainer, batch_idx: int) -> bool:
+    """True when the batch that just ended ran an optimizer step (not a gradient-accumulation micro-batch)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0 or bool(trainer.is_last_batch)
+
+
+def _is_first_instance(callback: L.Callback, trainer: L.Trainer) -> bool:
+    """Whether ``callback`` is the first of its class in the trainer (a default and a config entry may both add
+    one; only the first acts, so signal handlers and counters are not doubled)."""
+    first = next(cb for cb in trainer.callbacks if type(cb) is type(callback))
+    return first is callback
+
+
+def _slurm_job_id() -> str | None:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None and "SLURM_ARRAY_TASK_ID" in os.environ:
+        return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On a termination signal, save ``last.ckpt`` at the next optimizer-step boundary and stop training cleanly.
+
+    The signal handler only records the signal. At the end of the next batch that completed an optimizer step,
+    the ranks agree (any rank that saw a signal is enough, since a launcher may signal only rank 0), every rank
+    calls ``trainer.save_checkpoint`` on ``<checkpoint dir>/last.ckpt`` (the folder of the first
+    ``ModelCheckpoint``, where ``--ckpt_path=last`` looks), and ``trainer.should_stop`` ends the run. The
+    checkpoint holds the weights, EMA, optimizer, loop counters and the DataModule's stream position, so
+    ``dimlab fit ... --ckpt_path=last`` resumes at the same step with the same next batch.
+
+    For a signal in ``requeue_signals`` (default SIGUSR1, which SLURM sends ahead of the time limit with
+    ``#SBATCH --signal=SIGUSR1@90``) inside a SLURM job, rank 0 then runs ``scontrol requeue <job id>``. SIGTERM
+    (``scancel``, a pre-empting scheduler, ``kill``) saves and stops without requeueing.
+
+    Why not Lightning's own handlers: its SIGTERM handling stops after the batch but saves nothing (and issues a
+    collective from inside the signal handler), and its SLURM SIGUSR1 handler writes ``hpc_ckpt_N.ckpt`` from
+    inside the handler, i.e. at an arbitrary point of a step, possibly mid optimizer update. This callback
+    installs its SIGUSR1 handler in ``setup`` (Lightning then leaves SIGUSR1 alone) and its SIGTERM handler in
+    ``on_train_start`` (after Lightning's), and the trainer restores the previous handlers at the end of ``fit``.
+
+    Args:
+        signals: names of the signals to handle (``SIGTERM``, ``SIGUSR1``, ``SIGUSR2``, ``SIGINT``, ...).
+        requeue_signals: the subset after which rank 0 requeues the SLURM job.
+        requeue: False never requeues (e.g. when the sbatch script requeues itself).
+    """
+
+    def __init__(
+        self,
+        signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
+        requeue_signals: list[str] | tuple[str, ...] = ("SIGUSR1",),
+        requeue: bool = True,
+    ):
+        self.signals = [self._signal(name, "signals") for name in signals]
+        self.requeue_signals = {self._signal(name, "requeue_signals") for name in requeue_signals}
+        self.requeue = requeue
+        self.received: signal.Signals | None = None
+        self.saved_path: Path | None = None
+        self.saved_step: int | None = None
+        self._active = False
+        self._previous: dict[signal.Signals, Any] = {}
+
+    @staticmethod
+    def _signal(name: str, option: str) -> signal.Signals:
+        try:
+            return signal.Signals[str(name).upper()]
+        except KeyError:
+            raise ValueError(
+                f"PreemptionCheckpoint {option}: unknown signal {name!r}; expected names such as SIGTERM, SIGUSR1"
+            ) from None
+
+    # ----------------------------------------------------------------------------------------- handlers
+    def _handle(self, signum: int, frame) -> None:
+        # Only a flag: saving here would run at an arbitrary point of a step (and, under DDP, out of step with
+        # the other ranks' collectives).
+        if self.received is None:
+            self.received = signal.Signals(signum)
+            log.warning(
+                "received %s: saving a checkpoint and stopping after the current step", self.received.name
+            )
+
+    def _install(self, signals) -> None:
+        for sig in signals:
+            self._previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._handle)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or not _is_first_instance(self, trainer):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            log.warning(
+                "PreemptionCheckpoint: not in the main thread, so no signal handlers (no pre-emption save)"
+            )
+            return
+        self._active = True
+        self.received = None
+        self._install([s for s in self.signals if s != signal.SIGTERM])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active and signal.SIGTERM in self.signals:
+            self._install([signal.SIGTERM])
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._active:
+            return
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self._active = False
+
+    # ------------------------------------------------------------------------------------------- saving
+    @staticmethod
+    def checkpoint_path(trainer: L.Trainer) -> Path:
+        """``last.ckpt`` in the first ModelCheckpoint's folder (``<default_root_dir>/checkpoints`` without one)."""
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+                name = callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION
+                return Path(callback.dirpath) / name
+        return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        if not self._active or not _at_step_boundary(trainer, batch_idx):
+            return
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self.saved_path, self.saved_step = path, trainer.global_step
+        why = self.received.name if self.received is not None else "another rank's signal"
+        log.warning("%s: saved %s at step %d; stopping", why, path, trainer.global_step)
+        if self.requeue and self.received in self.requeue_signals and trainer.is_global_zero:
+            self._requeue_slurm_job()
+        trainer.should_stop = True
+
+    @staticmethod
+    def _requeue_slurm_job() -> None:
+        job_id = _slurm_job_id()
+        if job_id is None:
+            log.info("not a SLURM job: no requeue")
+            return
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, check=False)
+        if result.returncode == 0:
+            log.warning("requeued SLURM job %s", job_id)
+        else:
+            log.error("scontrol requeue %s failed (%d): %s", job_id, result.returncode, result.stderr.strip())
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training stopped because too many optimizer steps in a row had a non-finite loss or gradients."""
+
+
+class NonFiniteGuard(L.Callback):
+    """Skip optimizer steps whose loss or gradients are not finite; stop after ``max_consecutive`` in a row.
+
+    After backward (``on_before_optimizer_step``, before clipping), the step is bad when any micro-batch loss or
+    the total gradient norm is NaN/inf on any rank. A bad step's gradients are dropped
+    (``optimizer.zero_grad(set_to_none=True)``: AdamW then leaves weights and moments alone) and the module is told
+    to leave its EMA alone (``pl_module.optimizer_step_skipped``). The step still counts as a ``global_step`` and
+    advances the LR schedule, like a step skipped by AMP's GradScaler, so the next step draws fresh noise. The
+    total is logged as ``train/nonfinite_skipped`` and kept in checkpoints.
+
+    Checking gradients rather than returning ``None`` from ``training_step`` keeps DDP safe: a rank that skipped
+    backward alone would leave the others waiting in the gradient all-reduce. It costs one host sync per
+    optimizer step.
+
+    With a gradient scaler (``precision: 16-mixed``) the scaler already skips overflowing steps and calibrates
+    its scale through them, so the guard stays out of the way.
+
+    Raises:
+        NonFiniteTrainingError: after ``max_consecutive`` bad steps in a row (on every rank at once). A skipped step
+            leaves the weights as they were, so every checkpoint on disk, ``last.ckpt`` included, holds good
+            weights; the error names the last one.
+    """
+
+    def __init__(self, max_consecutive: int = 10):
+        if max_consecutive < 1:
+            raise ValueError(f"NonFiniteGuard max_consecutive must be >= 1, got {max_consecutive}")
+        self.max_consecutive = max_consecutive
+        self.consecutive = 0
+        self.total_skipped = 0
+        self._bad_loss: torch.Tensor | None = None
+        self._active = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._active = _is_first_instance(self, trainer)
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        if not self._active:
+            return
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if not self._active or getattr(trainer.precision_plugin, "scaler", None) is not None:
+            self._bad_loss = None
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        bad = self._bad_loss if self._bad_loss is not None else torch.tensor(False)
+        if grads:
+            total_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+            bad = bad.to(total_norm.device) | ~torch.isfinite(total_norm)
+        self._bad_loss = None
+        bad = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            pl_module.optimizer_step_skipped = True
+            self.consecutive += 1
+            self.total_skipped += 1
+            log.warning(
+                "step %d: non-finite loss or gradients, optimizer step skipped (%d in a row, %d in total)",
+                trainer.global_step,
+                self.consecutive,
+                self.total_skipped,
+            )
+        else:
+            self.consecutive = 0
+        pl_module.log("train/nonfinite_skipped", float(self.total_skipped), on_step=True, on_epoch=False)
+        if self.consecutive >= self.max_consecutive:
+            raise NonFiniteTrainingError(self._stop_message(trainer))
+
+    def _stop_message(self, trainer: L.Trainer) -> str:
+        last = ""
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint):
+            last = callback.last_model_path or callback.best_model_path
+        where = (
+            f"the last checkpoint, {last}, holds" if last else "no checkpoint was written yet; it would hold"
+        )
+        return (
+            f"training stopped at step {trainer.global_step}: {self.consecutive} optimizer steps in a row had a "
+            f"non-finite loss or gradients (NonFiniteGuard max_consecutive={self.max_consecutive}, "
+            f"{self.total_skipped} skipped in total). No update was applied on those steps, so {where} the last "
+            "good weights. Usual causes: learning rate too high, fp16 overflow (try bf16-mixed), a bad data "
+            "shard, or gradient clipping off."
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"total_skipped": self.total_skipped, "consecutive": self.consecutive}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.total_skipped = int(state_dict.get("total_skipped", 0))
+        self.consecutive = int(state_dict.get("consecutive", 0))
+
+
+class SkippedSampleMonitor(L.Callback):
+    """Log ``data/skipped_samples``: corrupt samples / tar members the DataModule skipped, summed over ranks.
+
+    ``ShardDataModule`` skips a bad sample with a warning naming the shard and key and counts it
+    (``skipped_samples``); this puts the running total next to the loss curves. The sum over ranks is taken every
+    ``trainer.log_every_n_steps`` steps (one small all-reduce). Data modules without ``skipped_samples`` are
+    ignored.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        count = getattr(trainer.datamodule, "skipped_samples", None)
+        every = max(int(trainer.log_every_n_steps), 1)
+        if count is None or not _at_step_boundary(trainer, batch_idx) or trainer.global_step % every:
+            return
+        total = trainer.strategy.reduce(torch.tensor(float(count), device=pl_module.device), reduce_op="sum")
+        pl_module.log("data/skipped_samples", total, on_step=True, on_epoch=False, rank_zero_only=True)
