@@ -28,10 +28,6 @@ def tiny_experiment(train_shards: str = "unused/train-000000.tar") -> dict:
             "precision": 32,
             "log_every_n_steps": 1,
             "limit_val_batches": 0,
-            "enable_model_summary": False,
-            "callbacks": [
-                {"class_path": "dimlab.lit.callbacks.RunSummary", "init_args": {"window": 2, "skip_steps": 0}}
-            ],
         },
         "checkpoint": {"every_n_train_steps": 1},
         "model": {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from dimlab.ablation.results import (
     rich_table,
     write_results,
 )
-from dimlab.ablation.runner import RowOutcome, cli_value, run_row
+from dimlab.ablation.runner import RowOutcome, cli_value, is_finished, run_row
+from dimlab.ablation.scoring import score_row
 from dimlab.ablation.sweep import build_sweep, write_sweep
 
 
@@ -89,12 +92,12 @@ def _dry_run(console: Console, matrix: AblationMatrix, rows: list[AblationRow], 
         title=f"{matrix.name}: {len(rows)} row(s), design {matrix.design}, output {matrix.output_dir}"
     )
     table.add_column("row", no_wrap=True)
-    table.add_column("base", overflow="fold")
-    table.add_column("row overrides", no_wrap=True)
+    table.add_column("base", no_wrap=True)
+    table.add_column("row overrides", overflow="fold")
     table.add_column("params", justify="right", no_wrap=True)
     for row in rows:
         own = {k: v for k, v in row.overrides.items() if k not in run_wide or run_wide[k] != v}
-        shown = "\n".join(f"{_abbreviate(k)}={cli_value(v)}" for k, v in own.items()) or "-"
+        shown = "\n".join(f"{_abbreviate(k)}={_display_value(v)}" for k, v in own.items()) or "-"
         count = counts[row.name]
         table.add_row(
             row.name, _short(row.base), shown, f"{count:,}" if isinstance(count, int) else str(count)
@@ -104,6 +107,13 @@ def _dry_run(console: Console, matrix: AblationMatrix, rows: list[AblationRow], 
     if run_wide:
         console.print("every row: " + " ".join(f"--{k}={cli_value(v)}" for k, v in run_wide.items()))
     return 1 if any(isinstance(c, str) for c in counts.values()) else 0
+
+
+def _display_value(value: Any) -> str:
+    if isinstance(value, dict) and "class_path" in value:
+        args = ", ".join(f"{k}={cli_value(v)}" for k, v in (value.get("init_args") or {}).items())
+        return f"{str(value['class_path']).rsplit('.', 1)[-1]}({args})"
+    return cli_value(value)
 
 
 def _abbreviate(key: str) -> str:
@@ -134,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dimlab ablate``; returns the process exit status."""
     args = build_parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # logs and captured output: wide enough for the tables
+        console = Console(width=160)
     try:
         matrix = load_matrix(args.matrix, output_dir=args.output_dir)
         extra = parse_set(args.set)
@@ -155,22 +167,53 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = matrix.output_dir
     outcomes: list[RowOutcome] = []
     if not args.collect:
+        previous = _interrupt_on_sigterm()
         try:
             for index, row in enumerate(rows, 1):
                 console.rule(f"[bold]{matrix.name}[/bold] row {index}/{len(rows)}: {row.name}")
                 outcome = run_row(matrix, row, output_dir, extra, echo=not args.quiet)
                 outcomes.append(outcome)
                 console.print(_describe(outcome, output_dir))
+                if matrix.scorer is not None and outcome.status in ("ok", "skipped"):
+                    _score(console, matrix, output_dir / row.name)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: rerun the same command to resume[/yellow]")
             _report(console, matrix, output_dir, extra)
             return 130
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    if args.collect and matrix.scorer is not None:
+        for row in rows:
+            if is_finished(output_dir / row.name):
+                _score(console, matrix, output_dir / row.name)
     _report(console, matrix, output_dir, extra)
     bad = [o.row for o in outcomes if o.status in ("failed", "incomplete")]
     if bad:
         console.print(f"[red]rows not finished: {', '.join(bad)} (see <row>/fit.log; rerun to resume)[/red]")
         return 1
     return 0
+
+
+def _interrupt_on_sigterm():
+    """Turn SIGTERM (a scheduler or ``kill``) into KeyboardInterrupt so the running row's child is stopped too."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _score(console: Console, matrix: AblationMatrix, row_dir: Path) -> None:
+    assert matrix.scorer is not None
+    try:
+        metrics = score_row(matrix.scorer, row_dir)
+    except Exception as err:  # a scorer failure must not lose the other rows' results
+        console.print(f"[red]{row_dir.name}: scorer {matrix.scorer.callable} failed: {err}[/red]")
+        return
+    console.print(f"{row_dir.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
 def _describe(outcome: RowOutcome, output_dir: Path) -> str:

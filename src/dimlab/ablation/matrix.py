@@ -13,6 +13,11 @@ works). Keys::
     rows: [{name: a, long_skips: false, overrides: {...}}]
     extra_rows: [{name: uvit_s2, base: experiments/cifar10/uvit_s2.yaml, overrides: {...}}]
     metrics: [fid/fid_ema]
+    scorer: {callable: dimlab.demo.score_checkpoint, args: {per_class: 10}}   # optional, see below
+
+``scorer`` names a function ``f(checkpoint_path, **args) -> dict`` run on each finished row's ``last.ckpt``
+after training (in the ``dimlab ablate`` process); its numbers land in ``<row>/score.json`` and can be listed
+under ``metrics``. The digits matrix uses it for the demo's class-consistency accuracy.
 
 Precedence of a row's overrides (later wins): matrix ``overrides``, the row's axis values, the row's own
 ``overrides``, then ``dimlab ablate --set``. In design rows every axis listed under ``axes`` is set (an axis the
@@ -21,6 +26,7 @@ row does not name takes its first, "full model", value); extra rows set only the
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import re
 from collections.abc import Mapping
@@ -35,7 +41,7 @@ from dimlab.ablation.axes import AXES, axis_overrides, normalize_axis_value
 
 DESIGNS = ("leave_one_out", "full", "rows")
 _TOP_KEYS = {"name", "description", "base", "output_dir", "wandb", "overrides", "axes", "design", "rows"}
-_TOP_KEYS |= {"extra_rows", "metrics"}
+_TOP_KEYS |= {"extra_rows", "metrics", "scorer"}
 _ROW_KEYS = {"name", "description", "base", "overrides"}
 _WANDB_KEYS = {"enabled", "project", "entity", "group", "mode", "tags", "logger_class"}
 _WANDB_MODES = ("online", "offline", "disabled")
@@ -57,6 +63,20 @@ class WandbSettings:
     mode: str | None = None
     tags: tuple[str, ...] = ()
     logger_class: str = DEFAULT_WANDB_LOGGER
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A post-training metric function ``callable(checkpoint, **args) -> dict`` (dotted import path)."""
+
+    callable: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self):
+        """Import and return the function."""
+        module_name, _, attr = self.callable.rpartition(".")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,7 @@ class AblationMatrix:
     overrides: dict[str, Any] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=list)
     wandb: WandbSettings | None = None
+    scorer: Scorer | None = None
     description: str = ""
 
     def row(self, name: str) -> AblationRow:
@@ -251,6 +272,28 @@ def _parse_wandb(raw: Any, default_group: str, where: str) -> WandbSettings | No
     )
 
 
+def _parse_scorer(raw: Any, where: str) -> Scorer | None:
+    if raw is None:
+        return None
+    settings = _mapping(raw, where)
+    unknown = set(settings) - {"callable", "args"}
+    if unknown:
+        raise MatrixError(f"{where}.{sorted(unknown)[0]}: unknown key; expected callable and args")
+    target = settings.get("callable")
+    if not isinstance(target, str) or "." not in target:
+        raise MatrixError(
+            f"{where}.callable: expected a dotted path like pkg.module.function, got {target!r}"
+        )
+    scorer = Scorer(callable=target, args=_mapping(settings.get("args"), f"{where}.args"))
+    try:
+        function = scorer.resolve()
+    except (ImportError, AttributeError) as err:
+        raise MatrixError(f"{where}.callable: cannot import {target!r}: {err}") from None
+    if not callable(function):
+        raise MatrixError(f"{where}.callable: {target!r} is not callable")
+    return scorer
+
+
 def _design_rows(
     design: Any, raw: dict[str, Any], axes: dict[str, list[Any]], path: Path
 ) -> tuple[str, list]:
@@ -352,5 +395,6 @@ def load_matrix(path: str | Path, output_dir: str | Path | None = None) -> Ablat
         overrides=overrides,
         metrics=list(metrics),
         wandb=_parse_wandb(raw.get("wandb"), name, f"{path}: wandb"),
+        scorer=_parse_scorer(raw.get("scorer"), f"{path}: scorer"),
         description=str(raw.get("description") or ""),
     )

@@ -2,7 +2,7 @@
 
 Numbers come from the row's ``summary.json`` (``dimlab.lit.callbacks.RunSummary``): ``global_step``,
 ``final_loss``, ``images_per_sec``, ``num_parameters`` and its ``metrics`` map (the trainer's last logged
-metrics, e.g. ``fid/...``). A requested metric missing there is looked up in the newest Lightning CSV log
+metrics, e.g. ``fid/...``) and the matrix scorer's ``score.json``. A requested metric missing in both is looked up in the newest Lightning CSV log
 (``metrics.csv``) under the row folder.
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from dimlab.ablation.matrix import AblationMatrix, WandbSettings
 from dimlab.ablation.runner import find_last_checkpoint, read_summary
+from dimlab.ablation.scoring import read_score
 
 BASE_COLUMNS = ("row", "status", "params", "global_step", "final_loss", "images_per_sec")
 
@@ -34,6 +35,9 @@ def _csv_log_metric(row_dir: Path, key: str) -> float | None:
 
 
 def _metric(summary: dict[str, Any] | None, row_dir: Path, key: str) -> float | None:
+    score = read_score(row_dir)
+    if score is not None and key in (score.get("metrics") or {}):
+        return score["metrics"][key]
     if summary is not None:
         metrics = summary.get("metrics") or {}
         if key in metrics:
