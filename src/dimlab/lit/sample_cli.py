@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cfg-scale", type=float, default=0.0, help="U-ViT CFG scale s (guidance weight w = 1 + s)"
     )
-    p.add_argument("--sampler", choices=SAMPLERS, default="dpm++")
+    p.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="default: dpm++, or plain dpm with --upsample-guidance (what the released 1024/1536 evaluator runs)",
+    )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=16)
@@ -42,11 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--upsample-guidance",
         action="store_true",
-        help="training-free upsampling guidance (arXiv 2404.01709) for resolutions above the trained one",
+        help="training-free upsampling guidance (arXiv 2404.01709) for resolutions above the trained one; "
+        "the official setting adds --cfg-scale 3.0",
     )
-    p.add_argument("--ug-theta", type=float, default=1.0)
-    p.add_argument("--ug-eta", type=float, default=0.3)
+    p.add_argument("--ug-theta", type=float, default=1.0, help="guidance weight theta (default 1)")
+    p.add_argument(
+        "--ug-eta",
+        type=float,
+        default=0.3,
+        help="active for t >= (1 - eta) T: the noisiest eta (default 0.3)",
+    )
     p.add_argument("--ug-T", type=float, default=1.0)
+    p.add_argument(
+        "--ug-factor",
+        type=int,
+        default=None,
+        help="upsampling factor m (default: target / trained size, when that is one integer in both dims)",
+    )
+    p.add_argument(
+        "--ug-tau",
+        choices=("clean", "official"),
+        default="clean",
+        help="SNR-matched step bookkeeping (official: the released arithmetic, about one step apart)",
+    )
     p.add_argument(
         "--skip-tune",
         type=float,
@@ -97,21 +120,24 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--resolution {h}x{w} must be a multiple of the VAE factor {factor}")
         latent_shape = (latent_shape[0], h // factor, w // factor)
     wrapper = None
+    if args.sampler is None:
+        args.sampler = "dpm" if args.upsample_guidance else "dpm++"
     if args.upsample_guidance:
-        from dimlab.diffusion.upsample import upsample_guided_model_fn
-
-        m_h, m_w = latent_shape[1] / sampler.latent_shape[1], latent_shape[2] / sampler.latent_shape[2]
-        if m_h != m_w or m_h != int(m_h) or m_h < 2:
+        try:
+            wrapper = sampler.upsample_guidance(
+                latent_shape,
+                factor=args.ug_factor,
+                theta=args.ug_theta,
+                eta=args.ug_eta,
+                T=args.ug_T,
+                tau_bookkeeping=args.ug_tau,
+            )
+        except (ValueError, TypeError) as err:
             raise SystemExit(
-                f"--upsample-guidance needs an integer factor m >= 2 over the trained size "
-                f"{sampler.image_size}; got {latent_shape[1] * factor}x{latent_shape[2] * factor}"
-            )
-        m = int(m_h)
-
-        def wrapper(fn):
-            return upsample_guided_model_fn(
-                fn, sampler.schedule, m, theta=args.ug_theta, eta=args.ug_eta, T=args.ug_T
-            )
+                f"--upsample-guidance at {latent_shape[1] * factor}x{latent_shape[2] * factor}: {err}"
+            ) from err
+    elif args.ug_factor is not None:
+        raise SystemExit("--ug-factor needs --upsample-guidance")
 
     if args.skip_tune is not None and not getattr(sampler.backbone, "num_skip_receivers", 0):
         raise SystemExit("--skip-tune needs a backbone with long skips")

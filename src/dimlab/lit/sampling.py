@@ -110,6 +110,42 @@ class Sampler:
 
         return decode_latents(self.vae, z, scale=self.latent_scale).clamp(-1, 1)
 
+    def upsample_guidance(
+        self,
+        latent_shape: tuple[int, int, int],
+        factor: int | None = None,
+        theta: float = 1.0,
+        eta: float = 0.3,
+        T: float = 1.0,
+        tau_bookkeeping: str = "clean",
+    ):
+        """A ``model_fn_wrapper`` for :meth:`sample` that adds upsample guidance at ``latent_shape``.
+
+        The factor ``m`` is ``factor`` or, when omitted, inferred from the trained grid (see
+        :func:`upsample_factor`); the other arguments go to
+        :func:`dimlab.diffusion.upsample.upsample_guided_model_fn`. Use it with ``sampler="dpm"`` (plain
+        DPM-Solver, as the released evaluator) and ``cfg_scale=3.0`` for the official 1024/1536 setting.
+        """
+        from dimlab.diffusion.upsample import upsample_guided_model_fn
+
+        m = upsample_factor(
+            self.latent_shape[1:],
+            tuple(latent_shape[1:]),
+            patch_size=int(getattr(self.backbone, "patch_size", 1)),
+            factor=factor,
+        )
+        # validate the remaining settings now rather than at the first solver step
+        upsample_guided_model_fn(
+            lambda x, t: x, self.schedule, m, theta=theta, eta=eta, T=T, tau_bookkeeping=tau_bookkeeping
+        )
+
+        def wrapper(model_fn):
+            return upsample_guided_model_fn(
+                model_fn, self.schedule, m, theta=theta, eta=eta, T=T, tau_bookkeeping=tau_bookkeeping
+            )
+
+        return wrapper
+
     def _skip_tuned(self, rho_top: float, rho_bottom: float):
         """The backbone with skip-tune: every call derives the continuous time from the network time."""
         from dimlab.diffusion.upsample import skip_tune_scales
@@ -122,9 +158,40 @@ class Sampler:
             t_net = torch.as_tensor(t_net, dtype=torch.float32, device=x.device).expand(x.shape[0])
             t_cont = self.schedule.continuous_time(t_net)
             scales = skip_tune_scales(t_cont, receivers, rho_top=rho_top, rho_bottom=rho_bottom)
+            # the schedule's time is float64; float32 factors keep the residual stream in its own dtype
+            scales = scales.to(torch.float32)
             return self.backbone(x, t_net, y, skip_scale=scales)
 
         return net
+
+
+def upsample_factor(
+    trained_hw: Sequence[int], target_hw: Sequence[int], patch_size: int = 1, factor: int | None = None
+) -> int:
+    """The upsample-guidance factor ``m`` for sampling a ``target_hw`` latent with a model trained at ``trained_hw``.
+
+    Without ``factor``, the target must be the same integer multiple ``m >= 2`` of the trained grid in both
+    dimensions (1024 px from a 512 model: ``m = 2``). With ``factor`` (needed for targets such as 2x by 3x), the
+    low-resolution branch runs at ``target / m``, which need not be the trained grid (the backbone resizes its
+    position table). Either way both target sides must divide by ``m`` and ``target / m`` by ``patch_size``.
+    ValueError otherwise, naming the sizes.
+    """
+    (h0, w0), (h, w) = tuple(trained_hw), tuple(target_hw)
+    if factor is None:
+        if h % h0 or w % w0 or h // h0 != w // w0 or h // h0 < 2:
+            raise ValueError(
+                f"upsample guidance: the target latent {h}x{w} is not one integer multiple m >= 2 of the trained "
+                f"latent {h0}x{w0} in both dimensions; pass the factor m explicitly (--ug-factor)"
+            )
+        factor = h // h0
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 2:
+        raise ValueError(f"upsample guidance: the factor m must be an integer >= 2, got {factor!r}")
+    if h % factor or w % factor or (h // factor) % patch_size or (w // factor) % patch_size:
+        raise ValueError(
+            f"upsample guidance: the target latent {h}x{w} must divide by m={factor}, and the low-resolution "
+            f"latent {h / factor:g}x{w / factor:g} by the patch size {patch_size}"
+        )
+    return factor
 
 
 def load_sampler(
