@@ -52,8 +52,8 @@ def _slurm_job_id() -> str | None:
 class PreemptionCheckpoint(L.Callback):
     """On a termination signal, save ``last.ckpt`` at the next optimizer-step boundary and stop training cleanly.
 
-    The signal handler only records the signal. At the end of the next batch that completed an optimizer step,
-    the ranks agree (any rank that saw a signal is enough, since a launcher may signal only rank 0), every rank
+    The signal handler only records the signal. At the end of the next batch that completed an optimizer step
+    (and is not the last batch of an epoch, whose checkpoint would not resume onto the same data), the ranks agree (any rank that saw a signal is enough, since a launcher may signal only rank 0), every rank
     calls ``trainer.save_checkpoint`` on ``<checkpoint dir>/last.ckpt`` (the folder of the first
     ``ModelCheckpoint``, where ``--ckpt_path=last`` looks), and ``trainer.should_stop`` ends the run. The
     checkpoint holds the weights, EMA, optimizer, loop counters and the DataModule's stream position, so
@@ -111,8 +111,13 @@ class PreemptionCheckpoint(L.Callback):
 
     def _install(self, signals) -> None:
         for sig in signals:
-            self._previous.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, self._handle)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+        self._active = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not _is_first_instance(self, trainer):
@@ -124,6 +129,8 @@ class PreemptionCheckpoint(L.Callback):
             return
         self._active = True
         self.received = None
+        # The handlers from before fit are what teardown puts back (Lightning's SIGTERM handler comes and goes).
+        self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
         self._install([s for s in self.signals if s != signal.SIGTERM])
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -131,12 +138,15 @@ class PreemptionCheckpoint(L.Callback):
             self._install([signal.SIGTERM])
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self._active:
-            return
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous.clear()
-        self._active = False
+        if self._active:
+            self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning skips the teardown hooks when fit raises: without this a later SIGTERM would only set a flag.
+        if self._active:
+            self._restore()
 
     # ------------------------------------------------------------------------------------------- saving
     @staticmethod
@@ -149,12 +159,22 @@ class PreemptionCheckpoint(L.Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        if not self._active or not _at_step_boundary(trainer, batch_idx):
+        # The last batch of an epoch is left out: a checkpoint taken there does not resume onto the same data
+        # stream (Lightning re-enters the finished epoch), so the save waits one step, into the next epoch.
+        if not self._active or trainer.is_last_batch or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
+        for callback in trainer.checkpoint_callbacks:
+            if (
+                isinstance(callback, ModelCheckpoint)
+                and callback.save_last
+                and Path(callback.dirpath) == path.parent
+            ):
+                # ModelCheckpoint then overwrites this file at its next "last" save instead of writing last-v1.ckpt
+                callback.last_model_path = str(path)
         self.saved_path, self.saved_step = path, trainer.global_step
         why = self.received.name if self.received is not None else "another rank's signal"
         log.warning("%s: saved %s at step %d; stopping", why, path, trainer.global_step)

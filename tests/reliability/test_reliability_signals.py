@@ -1,0 +1,196 @@
+"""Pre-emption: SIGTERM / SIGUSR1 during training -> last.ckpt at the next step boundary, a clean stop, and a resume
+that continues at the same step and data position (in-process, and through ``python -m dimlab fit``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from dimlab.data.datamodule import ShardDataModule
+from dimlab.data.digits import write_digits_shards
+from dimlab.lit.faults import PreemptionCheckpoint
+from dimlab.lit.module import DiffusionModule
+from tiny_models import tiny_dim
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def digits8(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("digits8")
+    write_digits_shards(out, size=8, shard_size=200)
+    return out
+
+
+class _SendSignal(L.Callback):
+    """Deliver ``sig`` to this process (a real signal, through the OS) when ``global_step`` reaches ``step``."""
+
+    def __init__(self, step: int, sig: signal.Signals):
+        self.step, self.sig = step, sig
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.sig)
+
+
+def _fit(
+    digits: Path, root: Path, max_steps: int, callbacks=(), ckpt_path=None
+) -> tuple[L.Trainer, DiffusionModule]:
+    L.seed_everything(0)
+    module = DiffusionModule(
+        tiny_dim(num_classes=10), schedule="vp_sde", lr=1e-3, warmup_steps=3, ema_decay=0.9, adam_eps=1e-8
+    )
+    data = ShardDataModule(
+        str(digits),
+        resolution=8,
+        num_classes=10,
+        channels=1,
+        batch_size=8,
+        num_workers=0,
+        samples_per_epoch=48,  # 6 batches per epoch: the runs below cross an epoch boundary
+        shuffle_buffer=50,
+        seed=3,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(root),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True), *callbacks],
+    )
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return trainer, module
+
+
+# A signal mid-epoch saves at that step; one during the epoch's last batch (step 6) saves one step later.
+@pytest.mark.parametrize(("signal_step", "stop_step"), [(4, 4), (6, 7)])
+def test_sigterm_saves_last_ckpt_and_the_resumed_run_matches_a_straight_one(
+    digits8, tmp_path, signal_step, stop_step
+):
+    before = signal.getsignal(signal.SIGTERM)
+    preemption = PreemptionCheckpoint()
+    trainer, _ = _fit(digits8, tmp_path / "a", 100, [_SendSignal(signal_step, signal.SIGTERM), preemption])
+    assert trainer.global_step == stop_step and preemption.received == signal.SIGTERM
+    last = tmp_path / "a" / "ckpt" / "last.ckpt"
+    assert preemption.saved_path == last and preemption.saved_step == stop_step
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == stop_step
+    assert not list(last.parent.glob("last-v*.ckpt")), "ModelCheckpoint must reuse last.ckpt, not version it"
+    assert signal.getsignal(signal.SIGTERM) is before, "the trainer restores the previous SIGTERM handler"
+
+    # the next launch: --ckpt_path=last, to step 9, equals an uninterrupted 9-step run (data stream included)
+    resumed_trainer, resumed = _fit(digits8, tmp_path / "a", 9, ckpt_path="last")
+    assert resumed_trainer.global_step == 9
+    _, straight = _fit(digits8, tmp_path / "b", 9)
+    for (name, a), b in zip(
+        straight.backbone.state_dict().items(), resumed.backbone.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    for a, b in zip(
+        straight.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_sigusr1_in_a_slurm_job_saves_and_requeues(digits8, tmp_path, monkeypatch):
+    # A stand-in `scontrol` on PATH records its arguments (there is no SLURM controller here).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "scontrol.args"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" > {record}\n')
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+
+    preemption = PreemptionCheckpoint()
+    trainer, _ = _fit(digits8, tmp_path / "run", 100, [_SendSignal(2, signal.SIGUSR1), preemption])
+    assert trainer.global_step == 2 and preemption.received == signal.SIGUSR1
+    assert (tmp_path / "run" / "ckpt" / "last.ckpt").is_file()
+    assert record.read_text().split() == ["requeue", "4242"]
+
+    # SIGTERM (scancel, pre-emption) saves but never requeues
+    record.unlink()
+    preemption = PreemptionCheckpoint()
+    trainer, _ = _fit(digits8, tmp_path / "run2", 100, [_SendSignal(2, signal.SIGTERM), preemption])
+    assert trainer.global_step == 2 and (tmp_path / "run2" / "ckpt" / "last.ckpt").is_file()
+    assert not record.exists()
+
+
+def test_unknown_signal_name_is_rejected():
+    with pytest.raises(ValueError, match="signals: unknown signal 'SIGFOO'"):
+        PreemptionCheckpoint(signals=["SIGFOO"])
+
+
+def _dimlab_fit(digits: Path, root: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable, "-m", "dimlab", "fit",
+        "--config", str(REPO / "experiments/demo/digits.yaml"),
+        f"--trainer.default_root_dir={root}",
+        f"--data.train_shards={digits}", f"--data.val_shards={digits}",
+        "--data.resolution=8", "--data.batch_size=8", "--data.num_workers=0",
+        "--model.backbone.init_args.input_size=8", "--model.backbone.init_args.hidden_size=32",
+        "--model.backbone.init_args.depth=3", "--model.backbone.init_args.d_state=4",
+        "--model.backbone.init_args.scan_backend=torch",
+        f"--checkpoint.dirpath={root / 'ckpt'}", "--checkpoint.every_n_train_steps=2",
+        "--trainer.callbacks+=dimlab.lit.faults.PreemptionCheckpoint",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    return subprocess.Popen(
+        args, cwd=tmp_cwd(root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def tmp_cwd(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _data_position(ckpt: Path) -> dict:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return {"step": state["global_step"], **state["ShardDataModule"]}
+
+
+def test_dimlab_fit_subprocess_sigterm_then_resume_with_ckpt_path_last(digits8, tmp_path):
+    root = tmp_path / "run"
+    proc = _dimlab_fit(digits8, root, "--trainer.max_steps=100000")
+    try:
+        deadline = time.monotonic() + 240
+        while not (root / "ckpt" / "epoch=0-step=2.ckpt").exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the run did not reach step 2"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "received SIGTERM" in output
+    stopped = _data_position(root / "ckpt" / "last.ckpt")
+    k = stopped["step"]
+    assert 2 <= k < 100000 and stopped["epoch"] == 0 and stopped["batches_consumed"] == k
+
+    proc = _dimlab_fit(digits8, root, f"--trainer.max_steps={k + 2}", "--ckpt_path=last")
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert "Restoring states from the checkpoint path" in output and "last.ckpt" in output
+    assert json.loads((root / "summary.json").read_text())["global_step"] == k + 2
+    # the newest checkpoint of the resumed run: its stream continued from batch k (a restart would hold step - k)
+    resumed = _data_position(root / "ckpt" / "last.ckpt")
+    assert resumed["step"] > k and resumed["batches_consumed"] == resumed["step"], (stopped, resumed)
