@@ -128,6 +128,19 @@ build() {  # name source_dir log
     fi
 }
 
+kill_tree() {  # stop a background build and everything it started (pip, ninja, nvcc), children first
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill "$1" 2>/dev/null || true
+}
+stop_builds() {
+    echo "build_kernels: interrupted; stopping the builds (compiled objects stay in KERNEL_BUILD_DIR, if set)" >&2
+    kill_tree "${CONV_PID:-0}"
+    kill_tree "${MAMBA_PID:-0}"
+    exit 130
+}
+trap stop_builds INT TERM
+
 say "building both packages in parallel, MAX_JOBS=$MAX_JOBS each; logs in $WHEEL_DIR/*.log"
 TOTAL_START=$SECONDS
 build "causal-conv1d $CONV_VERSION" "$WORK/causal_conv1d-$CONV_VERSION" "$WHEEL_DIR/causal_conv1d.log" &
