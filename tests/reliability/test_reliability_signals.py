@@ -1,15 +1,11 @@
-"""Pre-emption: SIGTERM / SIGUSR1 during training -> last.ckpt at the next step boundary, a clean stop, and a resume
-that continues at the same step and data position (in-process, and through ``python -m dimlab fit``)."""
+"""Pre-emption in-process: SIGTERM / SIGUSR1 during training -> last.ckpt at the next step boundary, a clean stop,
+and a resume that equals an uninterrupted run (test_reliability_signals_cli.py does it through ``dimlab fit``)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -18,19 +14,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dimlab.data.datamodule import ShardDataModule
-from dimlab.data.digits import write_digits_shards
 from dimlab.lit.faults import PreemptionCheckpoint
 from dimlab.lit.module import DiffusionModule
 from tiny_models import tiny_dim
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def digits8(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("digits8")
-    write_digits_shards(out, size=8, shard_size=200)
-    return out
+PREEMPTIBLE = (
+    "--checkpoint.every_n_train_steps=2",
+    "--trainer.callbacks+=dimlab.lit.faults.PreemptionCheckpoint",
+)
 
 
 class _SendSignal(L.Callback):
@@ -134,63 +125,3 @@ def test_sigusr1_in_a_slurm_job_saves_and_requeues(digits8, tmp_path, monkeypatc
 def test_unknown_signal_name_is_rejected():
     with pytest.raises(ValueError, match="signals: unknown signal 'SIGFOO'"):
         PreemptionCheckpoint(signals=["SIGFOO"])
-
-
-def _dimlab_fit(digits: Path, root: Path, *extra: str) -> subprocess.Popen:
-    args = [
-        sys.executable, "-m", "dimlab", "fit",
-        "--config", str(REPO / "experiments/demo/digits.yaml"),
-        f"--trainer.default_root_dir={root}",
-        f"--data.train_shards={digits}", f"--data.val_shards={digits}",
-        "--data.resolution=8", "--data.batch_size=8", "--data.num_workers=0",
-        "--model.backbone.init_args.input_size=8", "--model.backbone.init_args.hidden_size=32",
-        "--model.backbone.init_args.depth=3", "--model.backbone.init_args.d_state=4",
-        "--model.backbone.init_args.scan_backend=torch",
-        f"--checkpoint.dirpath={root / 'ckpt'}", "--checkpoint.every_n_train_steps=2",
-        "--trainer.callbacks+=dimlab.lit.faults.PreemptionCheckpoint",
-        *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    return subprocess.Popen(
-        args, cwd=tmp_cwd(root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def tmp_cwd(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _data_position(ckpt: Path) -> dict:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return {"step": state["global_step"], **state["ShardDataModule"]}
-
-
-def test_dimlab_fit_subprocess_sigterm_then_resume_with_ckpt_path_last(digits8, tmp_path):
-    root = tmp_path / "run"
-    proc = _dimlab_fit(digits8, root, "--trainer.max_steps=100000")
-    try:
-        deadline = time.monotonic() + 240
-        while not (root / "ckpt" / "epoch=0-step=2.ckpt").exists():
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the run did not reach step 2"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, output
-    assert "received SIGTERM" in output
-    stopped = _data_position(root / "ckpt" / "last.ckpt")
-    k = stopped["step"]
-    assert 2 <= k < 100000 and stopped["epoch"] == 0 and stopped["batches_consumed"] == k
-
-    proc = _dimlab_fit(digits8, root, f"--trainer.max_steps={k + 2}", "--ckpt_path=last")
-    output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output
-    assert "Restoring states from the checkpoint path" in output and "last.ckpt" in output
-    assert json.loads((root / "summary.json").read_text())["global_step"] == k + 2
-    # the newest checkpoint of the resumed run: its stream continued from batch k (a restart would hold step - k)
-    resumed = _data_position(root / "ckpt" / "last.ckpt")
-    assert resumed["step"] > k and resumed["batches_consumed"] == resumed["step"], (stopped, resumed)

@@ -1,0 +1,52 @@
+"""Pre-emption through the command line: ``python -m dimlab fit`` with ``PreemptionCheckpoint`` gets a real SIGTERM
+from outside mid-run, exits cleanly with last.ckpt, and ``--ckpt_path=last`` continues at the same step and data
+position."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from reliability_cli import dimlab_fit, load_checkpoint
+
+PREEMPTIBLE = (
+    "--checkpoint.every_n_train_steps=2",
+    "--trainer.callbacks+=dimlab.lit.faults.PreemptionCheckpoint",
+)
+
+
+def _data_position(ckpt: Path) -> dict:
+    state = load_checkpoint(ckpt)
+    return {"step": state["global_step"], **state["ShardDataModule"]}
+
+
+def test_dimlab_fit_subprocess_sigterm_then_resume_with_ckpt_path_last(digits8, tmp_path):
+    root = tmp_path / "run"
+    proc = dimlab_fit(digits8, root, *PREEMPTIBLE, "--trainer.max_steps=100000")
+    try:
+        deadline = time.monotonic() + 240
+        while not (root / "ckpt" / "epoch=0-step=2.ckpt").exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the run did not reach step 2"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "received SIGTERM" in output
+    stopped = _data_position(root / "ckpt" / "last.ckpt")
+    k = stopped["step"]
+    assert 2 <= k < 100000 and stopped["epoch"] == 0 and stopped["batches_consumed"] == k
+
+    proc = dimlab_fit(digits8, root, *PREEMPTIBLE, f"--trainer.max_steps={k + 2}", "--ckpt_path=last")
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output
+    assert "Restoring states from the checkpoint path" in output and "last.ckpt" in output
+    assert json.loads((root / "summary.json").read_text())["global_step"] == k + 2
+    # the newest checkpoint of the resumed run: its stream continued from batch k (a restart would hold step - k)
+    resumed = _data_position(root / "ckpt" / "last.ckpt")
+    assert resumed["step"] > k and resumed["batches_consumed"] == resumed["step"], (stopped, resumed)
