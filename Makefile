@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-gpu lint format demo kernels ablation-cifar ablation-demo finetune-512 finetune-demo clean
+.PHONY: help install test test-gpu lint format demo shards-cifar10 kernels ablation-cifar ablation-demo finetune-512 finetune-demo clean
 
 help:
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ kernels: ## build + install mamba-ssm / causal-conv1d wheels for the local GPU a
 	bash scripts/build_kernels.sh
 
 demo: ## train a small class-conditional DiM on sklearn digits (CPU, offline) and write a sample grid
-	@echo "make demo: the training issue has not landed yet (needs dimlab fit)." >&2; exit 1
+	$(BIN)/python -m dimlab.demo $(DEMO_ARGS)
+
+shards-cifar10: ## CIFAR-10 -> data/cifar10 shards (CIFAR_ARCHIVE=path/to/cifar-10-python.tar.gz, else downloaded)
+	$(BIN)/dimlab shards cifar10 data/cifar10 $(if $(CIFAR_ARCHIVE),--archive $(CIFAR_ARCHIVE))
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache
