@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
-from dimlab.ablation.matrix import load_matrix
-from dimlab.ablation.results import collect_results, columns_of, write_results
+from dimlab.ablation.matrix import WandbSettings, load_matrix
+from dimlab.ablation.results import collect_results, columns_of, log_results_to_wandb, write_results
 from dimlab.ablation.runner import is_finished
 
 
@@ -78,3 +78,17 @@ def test_finished_depends_on_the_requested_budget(tmp_path):
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "summary.json").write_text("{truncated")
     assert not is_finished(tmp_path / "t")
+
+
+def test_results_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = WandbSettings(project="dimlab-test", group="g.1", mode="offline")
+    records = [{"row": "a", "params": 10, "fid/fid": None}, {"row": "b", "params": 7, "fid/fid": 3.5}]
+    log_results_to_wandb(settings, "m", records, ["row", "params", "fid/fid"], tmp_path)
+    tables = list(
+        tmp_path.glob("wandb/offline-run-*-g-1-results/files/media/table/ablation/results_*.table.json")
+    )
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["row", "params", "fid/fid"]
+    assert table["data"] == [["a", 10, None], ["b", 7, 3.5]]

@@ -1,6 +1,6 @@
 """The resumable runner end to end: real ``python -m dimlab fit`` subprocesses on tiny digit shards.
 
-Slow (three short CPU fits, most of it interpreter start-up): one row is trained alone (the "interrupted"
+Slow (four short CPU fits, most of it interpreter start-up): one row is trained alone (the "interrupted"
 matrix), the whole matrix is rerun (the finished row is skipped, the other trains), then a raised budget
 resumes the first row from its ``last.ckpt``.
 """
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from dimlab.ablation.cli import main
-from dimlab.ablation.runner import COMMAND_FILE, LOG_FILE, read_summary
+from dimlab.ablation.runner import COMMAND_FILE, LOG_FILE, find_last_checkpoint, read_summary
 from dimlab.data.digits import write_digits_shards
 
 from .conftest import tiny_experiment
@@ -36,7 +36,10 @@ def digits_matrix(tmp_path, write_matrix):
             "output_dir": str(tmp_path / "out"),
             "overrides": {"trainer.max_steps": 2},
             "design": [{"name": "with_skips"}, {"name": "without_skips", "long_skips": False}],
-            "metrics": ["train/loss"],
+            "wandb": {"project": "dimlab-test", "mode": "offline"},
+            "metrics": ["train/loss", "class_consistency"],
+            # The demo's metric, for real: samples of the tiny model scored by an SVM trained on digits.
+            "scorer": {"callable": "dimlab.demo.score_checkpoint", "args": {"per_class": 2, "steps": 3}},
         }
     )
 
@@ -76,6 +79,10 @@ def test_rows_are_skipped_when_finished_and_resumed_from_last_ckpt(digits_matrix
     assert all(r["status"] == "finished" for r in rows.values())
     assert int(rows["without_skips"]["params"]) < int(rows["with_skips"]["params"])
     assert rows["with_skips"]["train/loss"] != ""
+    assert all(0.0 <= float(r["class_consistency"]) <= 1.0 for r in rows.values())
+    # Each row logged to its own offline W&B run, with a stable id, and the table went to a results run.
+    assert list((out / "with_skips").glob("wandb/offline-run-*-tiny-with_skips"))
+    assert list(out.glob("wandb/offline-run-*-tiny-results"))
     assert "| with_skips | finished |" in (out / "results.md").read_text()
 
     # 3. A larger budget continues the first row from its last checkpoint instead of starting over.
@@ -84,6 +91,10 @@ def test_rows_are_skipped_when_finished_and_resumed_from_last_ckpt(digits_matrix
     assert any(a.startswith("--ckpt_path=") and a.endswith("last.ckpt") for a in resumed_argv)
     assert "--trainer.max_steps=3" in resumed_argv
     assert read_summary(out / "with_skips")["global_step"] == 3
+    # ... and the scorer ran again on the new checkpoint.
+    last = find_last_checkpoint(out / "with_skips")
+    score = json.loads((out / "with_skips" / "score.json").read_text())
+    assert (score["checkpoint"], score["mtime_ns"]) == (str(last), last.stat().st_mtime_ns)
 
 
 def test_a_failing_row_is_reported_and_does_not_count_as_finished(digits_matrix, tmp_path, capsys):

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     output_dir = matrix.output_dir
     outcomes: list[RowOutcome] = []
+    unscored: list[str] = []
     if not args.collect:
         previous = _interrupt_on_sigterm()
         try:
@@ -174,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 outcome = run_row(matrix, row, output_dir, extra, echo=not args.quiet)
                 outcomes.append(outcome)
                 console.print(_describe(outcome, output_dir))
-                if matrix.scorer is not None and outcome.status in ("ok", "skipped"):
-                    _score(console, matrix, output_dir / row.name)
+                scorable = matrix.scorer is not None and outcome.status in ("ok", "skipped")
+                if scorable and not _score(console, matrix, output_dir / row.name):
+                    unscored.append(row.name)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: rerun the same command to resume[/yellow]")
             _report(console, matrix, output_dir, extra)
@@ -185,14 +187,15 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(signal.SIGTERM, previous)
     if args.collect and matrix.scorer is not None:
         for row in rows:
-            if is_finished(output_dir / row.name):
-                _score(console, matrix, output_dir / row.name)
+            if is_finished(output_dir / row.name) and not _score(console, matrix, output_dir / row.name):
+                unscored.append(row.name)
     _report(console, matrix, output_dir, extra)
     bad = [o.row for o in outcomes if o.status in ("failed", "incomplete")]
     if bad:
         console.print(f"[red]rows not finished: {', '.join(bad)} (see <row>/fit.log; rerun to resume)[/red]")
-        return 1
-    return 0
+    if unscored:
+        console.print(f"[red]scorer failed on: {', '.join(unscored)} (rerun with --collect to retry)[/red]")
+    return 1 if bad or unscored else 0
 
 
 def _interrupt_on_sigterm():
@@ -206,14 +209,18 @@ def _interrupt_on_sigterm():
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _score(console: Console, matrix: AblationMatrix, row_dir: Path) -> None:
+def _score(console: Console, matrix: AblationMatrix, row_dir: Path) -> bool:
+    """Run the matrix scorer on a finished row; False (after printing why) if it failed."""
     assert matrix.scorer is not None
     try:
         metrics = score_row(matrix.scorer, row_dir)
     except Exception as err:  # a scorer failure must not lose the other rows' results
-        console.print(f"[red]{row_dir.name}: scorer {matrix.scorer.callable} failed: {err}[/red]")
-        return
+        console.print(
+            f"[red]{row_dir.name}: scorer {matrix.scorer.callable} failed: {type(err).__name__}: {err}[/red]"
+        )
+        return False
     console.print(f"{row_dir.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return True
 
 
 def _describe(outcome: RowOutcome, output_dir: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dimlab.ablation.matrix import AblationMatrix, WandbSettings
-from dimlab.ablation.runner import find_last_checkpoint, read_summary
+from dimlab.ablation.runner import find_last_checkpoint, read_summary, wandb_run_id
 from dimlab.ablation.scoring import read_score
 
 BASE_COLUMNS = ("row", "status", "params", "global_step", "final_loss", "images_per_sec")
@@ -150,7 +150,7 @@ def log_results_to_wandb(
         entity=settings.entity,
         group=group,
         name=f"{group}-results",
-        id=f"{group}-results".replace("/", "-")[:128],
+        id=wandb_run_id(f"{group}-results"),
         job_type="ablation-results",
         dir=str(output_dir),
         mode=settings.mode,

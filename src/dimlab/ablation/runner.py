@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -85,6 +86,11 @@ def find_last_checkpoint(row_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def wandb_run_id(text: str) -> str:
+    """A W&B run id from ``text``: W&B ids allow letters, digits, ``-`` and ``_`` only (64 characters kept)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)[:64]
+
+
 def wandb_overrides(
     settings: WandbSettings, matrix_name: str, row: AblationRow, row_dir: Path
 ) -> dict[str, Any]:
@@ -99,7 +105,7 @@ def wandb_overrides(
         f"{prefix}.name": row.name,
         f"{prefix}.group": settings.group or matrix_name,
         f"{prefix}.save_dir": str(row_dir),
-        f"{prefix}.id": f"{settings.group or matrix_name}-{row.name}".replace("/", "-")[:128],
+        f"{prefix}.id": wandb_run_id(f"{settings.group or matrix_name}-{row.name}"),
         f"{prefix}.job_type": "ablation",
     }
     if settings.entity:
