@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from highres_tiny import TINY_DIM
 
 from dimlab.highres.finetune_demo import DemoSettings, main, run_demo
 from dimlab.lit.module import DiffusionModule
@@ -15,8 +16,6 @@ from dimlab.models.dim import DiM, resize_pos_embed
 
 def test_init_from_a_low_resolution_checkpoint(tiny_dim_ckpt):
     """The 256 -> 512 load on a tiny model: 8 px (4x4 tokens) into 16 px (8x8 tokens, rho_pad fill)."""
-    from conftest import TINY_DIM
-
     _, source = read_backbone_file(tiny_dim_ckpt, ema=True)
     module = DiffusionModule(
         DiM(**{**TINY_DIM, "input_size": 16, "pad_fill": "rho_pad"}), init_from=str(tiny_dim_ckpt)
