@@ -269,7 +269,12 @@ class TrainHarness:
     """Runs real DiffusionModule training steps for one model and one set of knobs (see the module docstring)."""
 
     def __init__(
-        self, module: DiffusionModule, case: ModelCase, device: torch.device, knobs: set[str]
+        self,
+        module: DiffusionModule,
+        case: ModelCase,
+        device: torch.device,
+        knobs: set[str],
+        compile_mode: str = "default",
     ) -> None:
         self.module = module
         self.case = case
@@ -286,7 +291,7 @@ class TrainHarness:
         self.foreach_ema = ForeachEMA(module.ema, module.backbone) if "foreach_ema" in knobs else None
         module._forward = module.backbone
         if "compile" in knobs:
-            module._forward = torch.compile(module.backbone, mode=_COMPILE_MODE[0])
+            module._forward = torch.compile(module.backbone, mode=compile_mode)
         self._graphed_batch: int | None = None
         self.step_index = 0
 
@@ -409,9 +414,6 @@ class TrainHarness:
         return record
 
 
-_COMPILE_MODE = ["default"]  # set from --compile-mode in main()
-
-
 def _record(events: list | None, index: int) -> None:
     if events is not None:
         events[index].record()
@@ -512,7 +514,6 @@ def main(argv=None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     if steps < 1 or warmup < 0:
         sys.exit(f"bench_train: need --steps >= 1 and --warmup >= 0, got {steps}, {warmup}")
-    _COMPILE_MODE[0] = args.compile_mode
     # training_step / on_before_optimizer_step call self.log, which is a no-op without a Trainer: say it once here.
     warnings.filterwarnings(
         "ignore", message=".*self.log.*but the `self.trainer` reference is not registered"
@@ -549,7 +550,7 @@ def main(argv=None) -> int:
             base = {"model": name, "variant": label, "params": n_params, "tokens": cost.tokens}
             base["gmacs_per_sample"] = cost.gmacs
             try:
-                harness = TrainHarness(module, case, device, knobs)
+                harness = TrainHarness(module, case, device, knobs, args.compile_mode)
             except Exception as err:  # noqa: BLE001 - reported per case, the suite goes on
                 log.add({**base, "status": f"error: {type(err).__name__}: {err}"})
                 continue

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU test + benchmark suite for one H100, in one call (about 8 minutes; hard cap ~9.5 minutes).
+#
+#   OUT=bench_out bash benchmarks/run_gpu_suite.sh
+#
+# Needs a CUDA GPU and the mamba-ssm / causal-conv1d kernels (`make kernels`). Runs, in order:
+#   1. the GPU tests (tests/gpu: kernel parity, full DiM-S/2 backend parity, bf16 training steps),
+#   2. DiM-H/2 at 256 and 512: largest training batch with and without activation checkpointing + throughput,
+#   3. DiM-L/2 and U-ViT-H/2 at 256: throughput at batch 64 and at the largest batch that fits,
+#   4. DiM-S/2 and U-ViT-S/2 on CIFAR-10 shapes (batch 128): eager vs fused AdamW + foreach EMA vs CUDA graphs,
+#   5. DiM-S/2 with torch.compile (separate stage: compilation time is unpredictable),
+#   6. sampling: time per NFE with CFG, DiM-H/2 vs U-ViT-H/2, 256..2048 px, batch 1 and 8, eager and CUDA graphs,
+#   7. the Mamba mixer alone (benchmarks/bench_mixer.py).
+# Largest models first, small step counts. Every stage has a time limit; the benchmark scripts rewrite their JSON
+# after every record, so a stage cut by its limit keeps what it finished. Everything lands in $OUT:
+# one JSON per stage, suite.log (the whole console output) and summary.txt (stage, exit code, seconds).
+# Environment: OUT (default ./bench_out), PYTHON (default .venv/bin/python, else python), STAGES (space-separated
+# subset of: tests train_h train_l train_s compile sampling mixer; default all), ALLOW_TORCH_SCAN=1 to run without
+# the kernels (DiM numbers are then meaningless), QUICK=1 for a CPU dry run of the orchestration (tiny models).
+set -u -o pipefail
+
+cd "$(dirname "$0")/.."
+OUT="${OUT:-./bench_out}"
+mkdir -p "$OUT"
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+STAGES="${STAGES:-tests train_h train_l train_s compile sampling mixer}"
+LOG="$OUT/suite.log"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+exec > >(tee -a "$LOG") 2>&1
+
+echo "== dimlab GPU suite: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if [[ "${QUICK:-0}" == 1 ]]; then
+    echo "run_gpu_suite: QUICK=1, CPU dry run with tiny models"
+elif ! "$PYTHON" - <<'EOF'
+import sys
+import torch
+from dimlab.models.scan import kernels_available
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, device: "
+      f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}, kernels: {kernels_available()}")
+sys.exit(0 if torch.cuda.is_available() and kernels_available() else 1)
+EOF
+then
+    if [[ "${ALLOW_TORCH_SCAN:-0}" != 1 ]]; then
+        echo "run_gpu_suite: needs a CUDA device and the mamba-ssm kernels (make kernels); ALLOW_TORCH_SCAN=1 to force"
+        exit 2
+    fi
+    echo "run_gpu_suite: WARNING: no kernels; DiM runs use the torch scan"
+fi
+
+QUICK_ARGS=()
+GRAPHS=(--cuda-graphs)
+if [[ "${QUICK:-0}" == 1 ]]; then
+    QUICK_ARGS=(--quick --device cpu)
+    GRAPHS=()
+fi
+
+SUITE_START=$SECONDS
+# stage NAME LIMIT_SECONDS COMMAND...: run COMMAND under a time limit if NAME is in $STAGES; log rc and duration.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    [[ " $STAGES " == *" $name "* ]] || return 0
+    echo
+    echo "== [$name] limit ${limit}s, t=$((SECONDS - SUITE_START))s: $*"
+    local start=$SECONDS rc
+    timeout -k 10 "$limit" "$@"
+    rc=$?
+    local took=$((SECONDS - start))
+    [[ $rc == 124 || $rc == 137 ]] && echo "== [$name] stopped at its ${limit}s limit (partial results kept)"
+    printf '%-10s rc=%-4s %4ss\n' "$name" "$rc" "$took" >>"$SUMMARY"
+}
+
+TRAIN=("$PYTHON" benchmarks/bench_train.py "${QUICK_ARGS[@]}")
+
+stage tests 80 "$PYTHON" -m pytest -q -p no:cacheprovider tests/gpu --junitxml="$OUT/gpu_tests.xml"
+
+# Memory: largest batch per H100 for DiM-H/2 at 256 and 512, with and without activation checkpointing.
+# expandable_segments keeps fragmentation after a caught OOM from shrinking the next probe.
+stage train_h 150 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+    "${TRAIN[@]}" --models dim_h2,dim_h2_512 --variants eager,ckpt --find-max-batch --max-batch-limit 1024 \
+    --steps 2 --warmup 1 --out "$OUT/train_dim_h2_memory.json"
+
+stage train_l 55 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True \
+    "${TRAIN[@]}" --models dim_l2,uvit_h2 --batch 64 --find-max-batch --max-batch-limit 512 \
+    --steps 3 --warmup 1 --out "$OUT/train_large_256.json"
+
+stage train_s 45 "${TRAIN[@]}" --models dim_s2,uvit_s2 --batch 128 \
+    --variants eager,fused+foreach_ema,graphs+fused+foreach_ema --steps 15 --warmup 3 \
+    --out "$OUT/train_small_cifar.json"
+
+stage compile 60 "${TRAIN[@]}" --models dim_s2 --batch 128 --variants compile+fused+foreach_ema \
+    --steps 15 --warmup 3 --out "$OUT/train_small_compile.json"
+
+stage sampling 75 "$PYTHON" benchmarks/bench_sampling.py "${QUICK_ARGS[@]}" "${GRAPHS[@]}" --warmup 1 --reps 3 \
+    --max-nfe-seconds 3 --out "$OUT/sampling.json"
+
+stage mixer 30 "$PYTHON" benchmarks/bench_mixer.py "${QUICK_ARGS[@]}" --out "$OUT/bench_mixer.json"
+
+echo
+echo "== suite finished in $((SECONDS - SUITE_START))s; stage summary:"
+cat "$SUMMARY"
+ls -l "$OUT"
