@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_highres.py"
 
@@ -48,8 +49,6 @@ def test_quick_run_times_upsampled_sampling_through_the_low_resolution_branch(tm
 
 def test_full_size_token_count_matches_the_issue():
     """1536 px = latent 192 = 96x96 patches: about 9,800 tokens in DiM-H/2's stream (meta device, no memory)."""
-    import torch
-
     bench = _load()
     with torch.device("meta"):
         model = bench.build_backbone("dim_h2_512", scan_backend="torch")
@@ -60,3 +59,17 @@ def test_rejects_sizes_that_are_not_an_integer_multiple(tmp_path):
     bench = _load()
     with pytest.raises(SystemExit):
         bench.parse_args(["--quick", "--device", "cpu", "--pixels", "96", "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.gpu
+@pytest.mark.cuda_kernels
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_run_on_cuda_with_the_kernel_scan_reports_peak_memory(tmp_path):
+    bench = _load()
+    out = tmp_path / "highres_cuda.json"
+    argv = ["--quick", "--device", "cuda", "--scan-backend", "cuda", "--steps", "3", "--out", str(out)]
+    assert bench.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["scan_backend"] == "cuda"
+    for r in data["results"]:
+        assert r["finite"] and r["peak_mem_gib"] > 0 and r["calls_with_low_res_branch"] >= 1
