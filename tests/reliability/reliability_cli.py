@@ -14,10 +14,10 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
-def dimlab_fit(digits: Path, root: Path, *extra: str) -> subprocess.Popen:
-    """Start ``python -m dimlab fit`` with the digits demo config shrunk to a tiny model; output is captured."""
-    args = [
-        sys.executable, "-m", "dimlab", "fit",
+def fit_args(digits: Path, root: Path, *extra: str) -> list[str]:
+    """``dimlab fit`` arguments: the digits demo config shrunk to a tiny model, runs under ``root``."""
+    return [
+        "fit",
         "--config", str(REPO / "experiments/demo/digits.yaml"),
         f"--trainer.default_root_dir={root}",
         f"--data.train_shards={digits}", f"--data.val_shards={digits}",
@@ -28,6 +28,11 @@ def dimlab_fit(digits: Path, root: Path, *extra: str) -> subprocess.Popen:
         f"--checkpoint.dirpath={root / 'ckpt'}",
         *extra,
     ]  # fmt: skip
+
+
+def dimlab_fit(digits: Path, root: Path, *extra: str) -> subprocess.Popen:
+    """Start ``python -m dimlab fit`` with :func:`fit_args`; stdout and stderr are captured together."""
+    args = [sys.executable, "-m", "dimlab", *fit_args(digits, root, *extra)]
     root.mkdir(parents=True, exist_ok=True)
     python_path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": python_path}

@@ -41,7 +41,13 @@ def load_initial_weights(backbone: nn.Module, path: str, ema: bool = True):
     """Copy weights from a checkpoint into ``backbone``, adapting the position table; log what changed."""
     from dimlab.models.convert import load_weights_adapting, read_backbone_file
 
-    _, weights = read_backbone_file(path, map_location="cpu", ema=ema)
+    spec, weights = read_backbone_file(path, map_location="cpu", ema=ema)
+    theirs, ours = spec["class_path"], backbone_spec(backbone)["class_path"]
+    if theirs != ours:
+        raise ValueError(
+            f"model.init_from={path} holds a {theirs} backbone, but model.backbone is a {ours}: "
+            "weights only transfer within one architecture"
+        )
     report = load_weights_adapting(backbone, weights)
     log.info(
         "initialised from %s (%s weights): %d copied, resized %s, newly initialised %s, ignored %s",
@@ -208,10 +214,34 @@ class DiffusionModule(L.LightningModule):
     def _model_fn(self, x, t, y):
         return self._forward(x, t, y)
 
+    def _check_model_space(self, x: torch.Tensor, x0: torch.Tensor) -> None:
+        """Fail clearly when a batch does not give the model inputs the module was built for.
+
+        A DiM accepts any multiple of its patch size (the position table is resized), so without this a
+        ``data.resolution`` that disagrees with the backbone's ``input_size`` would silently train at another
+        resolution.
+        """
+        if tuple(x0.shape[1:]) == tuple(self.latent_shape):
+            return
+        c, h, w = self.latent_shape
+        if self.latent_space:
+            expected = (
+                f"images of {8 * h}x{8 * w} pixels (the VAE downsamples by 8, so data.resolution must be a "
+                f"multiple of 8) or VAE moments of shape ({2 * c}, {h}, {w})"
+            )
+        else:
+            expected = f"pixel batches of shape ({c}, {h}, {w})"
+        raise ValueError(
+            f"a data batch of shape {tuple(x.shape[1:])} gives model inputs of shape {tuple(x0.shape[1:])}, but "
+            f"the model was built for {tuple(self.latent_shape)} (model.backbone input_size / in_channels, or "
+            f"model.latent_shape): expected {expected}; check data.resolution and data.channels"
+        )
+
     def training_step(self, batch, batch_idx):
         x, y = batch["x"], batch.get("y")
         g = self._step_generator()
         x0 = self.to_model_space(x, generator=g)
+        self._check_model_space(x, x0)
         labels = self._labels(y, x0.shape[0], g)
         losses = epsilon_loss(
             self._model_fn, self.schedule, x0, labels, generator=g, bf16_timesteps=self.hparams.bf16_timesteps
@@ -225,6 +255,7 @@ class DiffusionModule(L.LightningModule):
         g_device = self.device if self.device.type == "cuda" else "cpu"
         g = torch.Generator(device=g_device).manual_seed(self.hparams.seed + batch_idx)
         x0 = self.to_model_space(x, generator=g)
+        self._check_model_space(x, x0)
         labels = self._labels(y, x0.shape[0], g) if self.hparams.class_conditional else None
         if labels is None:
             labels = torch.full((x0.shape[0],), self.null_class, dtype=torch.long, device=self.device)
