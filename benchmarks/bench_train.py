@@ -251,11 +251,11 @@ class ForeachEMA:
 
     def __init__(self, ema, source: torch.nn.Module) -> None:
         ema_state, src_state = ema.module.state_dict(), source.state_dict()
-        names = [n for n, v in ema_state.items() if v.dtype.is_floating_point]
+        floating = [n for n, v in ema_state.items() if v.dtype.is_floating_point]
         self.decay = ema.decay
-        self.targets = [ema_state[n] for n in names]
-        self.sources = [src_state[n] for n in names]
-        self.copies = [(ema_state[n], src_state[n]) for n in ema_state if n not in set(names)]
+        self.targets = [ema_state[n] for n in floating]
+        self.sources = [src_state[n].detach() for n in floating]
+        self.copies = [(ema_state[n], src_state[n]) for n in ema_state if n not in set(floating)]
 
     @torch.no_grad()
     def update(self) -> None:
@@ -280,6 +280,10 @@ class TrainHarness:
         self.case = case
         self.device = device
         self.knobs = knobs
+        if {"compile", "graphs"} <= knobs:
+            raise ValueError(
+                "'compile' with 'graphs': use --compile-mode reduce-overhead (compile's own CUDA graphs)"
+            )
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled="graphs" not in knobs)
         module.backbone.gradient_checkpointing = "ckpt" in knobs
         config = module.configure_optimizers()
