@@ -33,16 +33,16 @@ NUM_CLASSES = 10
 
 @dataclass
 class DemoSettings:
-    """Sizes and steps of the demo. The defaults take a few minutes on 2 CPU cores."""
+    """Sizes and steps of the demo. The defaults take several minutes on 2 CPU cores (the scan runs in PyTorch)."""
 
     low: int = 8
     high: int = 16
-    hidden_size: int = 64
+    hidden_size: int = 48
     depth: int = 5
     d_state: int = 8
-    batch_size: int = 32
-    pretrain_steps: int = 300
-    finetune_steps: int = 40
+    batch_size: int = 16
+    pretrain_steps: int = 200
+    finetune_steps: int = 20
     eval_batches: int = 2
     lr: float = 2e-3
     seed: int = 0
