@@ -23,7 +23,9 @@ def _check_rows(matrix_name: str, row_names: list[str] | None, tmp_path: Path) -
         assert argv[1:4] == ["-m", "dimlab", "fit"]
         cli = DimlabCLI(args=argv[4:], run=False)
         backbone = cli.model.backbone
-        assert sum(p.numel() for p in backbone.parameters()) == count_parameters(row.base, row.overrides), row.name
+        assert sum(p.numel() for p in backbone.parameters()) == count_parameters(row.base, row.overrides), (
+            row.name
+        )
         for flag in FLAGS:
             key = f"model.backbone.init_args.{flag}"
             if key in row.overrides:

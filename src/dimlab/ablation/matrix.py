@@ -12,7 +12,7 @@ works). Keys::
     design: leave_one_out            # or full, or rows (with `rows:`), or the list of rows itself
     rows: [{name: a, long_skips: false, overrides: {...}}]
     extra_rows: [{name: uvit_s2, base: experiments/cifar10/uvit_s2.yaml, overrides: {...}}]
-    metrics: [fid/fid_ema]
+    metrics: [fid/10k_dpmpp50_cfg0]
     scorer: {callable: dimlab.demo.score_checkpoint, args: {per_class: 10}}   # optional, see below
 
 ``scorer`` names a function ``f(checkpoint_path, **args) -> dict`` run on each finished row's ``last.ckpt``
