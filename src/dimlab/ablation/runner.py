@@ -176,6 +176,9 @@ def run_row(
     (row_dir / COMMAND_FILE).write_text(json.dumps({"argv": argv, "matrix": str(matrix.path)}, indent=2))
 
     env = dict(os.environ)
+    # A W&B run in this process (the results table) leaves WANDB_SERVICE pointing at its service; a child that
+    # inherits it joins that service, which can refuse the row's run id as "in use". Each row gets its own.
+    env.pop("WANDB_SERVICE", None)
     if matrix.wandb is not None and matrix.wandb.mode is not None:
         env["WANDB_MODE"] = matrix.wandb.mode
     start = time.perf_counter()
