@@ -37,6 +37,38 @@ def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
     return names
 
 
+# Name parts that FSDP and activation-checkpoint wrappers insert into parameter names.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+class _UnwrappedTensors:
+    """A backbone's tensors under their plain names (wrapper prefixes removed), shaped like a module for
+    :meth:`EMA.update`, which only reads ``state_dict()``. Used under FSDP inside ``summon_full_params``, where the
+    parameters are whole but ``state_dict()`` would go through FSDP's own hooks."""
+
+    def __init__(self, module: nn.Module, names):
+        tensors = {}
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            for prefix in _WRAPPER_PREFIXES:
+                name = name.replace(prefix, "")
+            tensors[name] = tensor
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise RuntimeError(f"EMA update under FSDP: backbone tensors not found: {missing[:5]}")
+        self._tensors = {n: tensors[n] for n in names}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._tensors
+
+
+def _fsdp_root(trainer) -> nn.Module | None:
+    """The FSDP-wrapped root module when training under Lightning's FSDPStrategy, else None."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = getattr(getattr(trainer, "strategy", None), "model", None)
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
 def load_initial_weights(backbone: nn.Module, path: str, ema: bool = True):
     """Copy weights from a checkpoint into ``backbone``, adapting the position table; log what changed."""
     from dimlab.models.convert import load_weights_adapting, read_backbone_file
@@ -153,6 +185,19 @@ class DiffusionModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.hparams.compile and self._forward is self.backbone:
             self._forward = torch.compile(self.backbone)
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDPStrategy):
+            # The EMA stays whole on every rank (FSDP ignores it): it is updated from the gathered backbone in
+            # optimizer_step, and sharding it would put its tensors in FSDP's flat buffers under other names.
+            if not strategy.kwargs.get("use_orig_params", True):
+                raise ValueError(
+                    "FSDPStrategy(use_orig_params=False) is not supported: the EMA needs the original parameters"
+                )
+            ignored = strategy.kwargs.setdefault("ignored_modules", [])
+            if not any(m is self.ema for m in ignored):
+                ignored.append(self.ema)
 
     def setup(self, stage: str) -> None:
         if self.latent_space and self._vae is None:
@@ -298,12 +343,32 @@ class DiffusionModule(L.LightningModule):
             self.log("train/grad_norm", total, on_step=True, on_epoch=False)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
+    def on_fit_start(self) -> None:
+        if _fsdp_root(self._trainer) is not None:
+            self.ema.to(self.trainer.strategy.root_device)  # FSDP moves only what it manages
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        root = _fsdp_root(self._trainer)
+        if root is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            root.clip_grad_norm_(
+                gradient_clip_val
+            )  # the norm over all shards (Lightning's own clipping refuses FSDP)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
         if self.optimizer_step_skipped:
             self.optimizer_step_skipped = False
             return
-        self.ema.update(self.backbone)
+        root = _fsdp_root(self._trainer)
+        if root is None:
+            self.ema.update(self.backbone)
+            return
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
+            self.ema.update(_UnwrappedTensors(self.backbone, self.ema.module.state_dict().keys()))
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -338,11 +403,20 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
         ema_prefix = "ema.module."
-        checkpoint["ema_backbone"] = {
-            k[len(ema_prefix) :]: v for k, v in state.items() if k.startswith(ema_prefix)
-        }
-        for k in [k for k in state if k.startswith(ema_prefix)]:
-            del state[k]
+        ema_keys = [k for k in state if k.startswith(ema_prefix)]
+        if ema_keys:
+            checkpoint["ema_backbone"] = {k[len(ema_prefix) :]: state[k] for k in ema_keys}
+        elif state:  # a state dict without the EMA (FSDP leaving out the module it ignores): it is whole here
+            checkpoint["ema_backbone"] = {
+                k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()
+            }
+        else:  # FSDP gathers the state on rank 0 only; this rank writes nothing
+            checkpoint["ema_backbone"] = {}
+        # FSDP loads the module state from the file strictly, before on_load_checkpoint could put the EMA back,
+        # so its checkpoints keep the EMA keys; the tensors are shared with ema_backbone and stored once.
+        if _fsdp_root(self._trainer) is None:
+            for k in ema_keys:
+                del state[k]
         checkpoint["dimlab_backbone"] = backbone_spec(self.backbone)
         checkpoint["dimlab_diffusion"] = {
             "schedule": self.hparams.schedule,
@@ -356,10 +430,16 @@ class DiffusionModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         ema = checkpoint.get("ema_backbone")
-        if ema is not None:
-            state = checkpoint["state_dict"]
-            for k, v in ema.items():
-                state.setdefault("ema.module." + k, v)
+        if not ema:
+            return
+        state = checkpoint.get("state_dict")
+        if (
+            state is None
+        ):  # FSDP has already loaded (and removed) the module state; the EMA lives outside FSDP
+            self.ema.module.load_state_dict(ema)
+            return
+        for k, v in ema.items():
+            state.setdefault("ema.module." + k, v)
 
     # ---------------------------------------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> Sampler:
