@@ -40,5 +40,27 @@ demo: ## train a small class-conditional DiM on sklearn digits (CPU, offline) an
 shards-cifar10: ## CIFAR-10 -> data/cifar10 shards (CIFAR_ARCHIVE=path/to/cifar-10-python.tar.gz, else downloaded)
 	$(BIN)/dimlab shards cifar10 data/cifar10 $(if $(CIFAR_ARCHIVE),--archive $(CIFAR_ARCHIVE))
 
+ABLATION_FLAGS = $(if $(ABLATION_STEPS),--set trainer.max_steps=$(ABLATION_STEPS)) $(if $(ABLATION_BATCH),--set data.batch_size=$(ABLATION_BATCH)) $(if $(ABLATION_DEVICES),--set trainer.devices=$(ABLATION_DEVICES)) $(ABLATION_ARGS)
+
+ablation-cifar: ## DiM-S/2 component ablation on CIFAR-10 (+U-ViT-S/2, plain Mamba); ABLATION_STEPS/BATCH/DEVICES
+	@test -f data/cifar10/manifest.json || $(MAKE) shards-cifar10
+	$(BIN)/dimlab ablate ablations/cifar10.yaml $(ABLATION_FLAGS)
+
+ablation-demo: ## the same ablation on digits: CPU, offline, minutes; ends with the results table
+	@test -f data/digits/manifest.json || $(BIN)/dimlab shards digits data/digits --size 8
+	$(BIN)/dimlab ablate ablations/digits.yaml $(ABLATION_FLAGS)
+
+CKPT_256 ?= runs/imagenet256_dim_h2/checkpoints/last.ckpt
+DATA_512 ?= data/imagenet512_latents
+DEVICES ?= auto
+FT_CONFIG ?= experiments/imagenet512/dim_h2_ft.yaml
+
+finetune-512: ## fine-tune DiM-H/2 256 -> 512 (CKPT_256=..., DATA_512=..., DEVICES=...); checks inputs first
+	$(BIN)/python -m dimlab.highres.check_finetune_inputs --config $(FT_CONFIG) --ckpt $(CKPT_256) --data $(DATA_512)
+	$(BIN)/dimlab fit --config $(FT_CONFIG) --model.init_from=$(CKPT_256) --data.train_shards=$(DATA_512) --trainer.devices=$(DEVICES)
+
+finetune-demo: ## CPU toy weak-to-strong: digits 8 px -> 16 px, fresh vs initialised from the 8 px model
+	$(BIN)/python -m dimlab.highres.finetune_demo --data-root data --out runs/finetune_demo
+
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

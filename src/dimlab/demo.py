@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "experiments" / "demo" / "digits.yaml"
@@ -91,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console()
+    torch.set_flush_denormal(True)  # see dimlab.cli.main
+    resolution = int(OmegaConf.load(args.config).data.resolution)
     data = Path(args.data)
     if not (data / "manifest.json").is_file():
         from dimlab.data.digits import write_digits_shards
 
-        console.print(f"[bold]writing digit shards to {data}[/]")
-        write_digits_shards(data)
+        console.print(f"[bold]writing {resolution} px digit shards to {data}[/]")
+        write_digits_shards(data, size=resolution)
     out = Path(args.out)
     t0 = time.perf_counter()
     if not args.skip_train:

@@ -69,6 +69,7 @@ trainer:
   enable_checkpointing: false
   enable_model_summary: false
   enable_progress_bar: false
+  default_root_dir: {save_dir}
   logger:
     class_path: lightning.pytorch.loggers.WandbLogger
     init_args:
