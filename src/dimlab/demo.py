@@ -66,8 +66,8 @@ def score_checkpoint(
         )
     )
     sample_seconds = time.perf_counter() - t0
-    if grid_path is not None:
-        save_grid(images, Path(grid_path), nrow=per_class)
+    if grid_path is not None:  # 8 px digits: enlarge 4x (nearest) so the grid is readable
+        save_grid(images.repeat(4, axis=1).repeat(4, axis=2), Path(grid_path), nrow=per_class)
     clf, held_out = train_digit_classifier(size)
     return {
         "class_consistency": class_consistency(clf, images, np.array(labels)),
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="data/digits", help="digit shard folder (written if missing)")
     parser.add_argument("--out", default="runs/demo_digits")
     parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps")
-    parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--cfg-scale", type=float, default=4.0, help="U-ViT convention s (w = 1 + s)")
     parser.add_argument("--skip-train", action="store_true", help="score the existing last.ckpt only")
     args = parser.parse_args(argv)
 
