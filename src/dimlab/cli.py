@@ -65,7 +65,9 @@ class DimlabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        if (
+            config.trainer.get("enable_progress_bar") is False
+        ):  # Lightning refuses a progress bar callback then
             callbacks = self.trainer_defaults["callbacks"]
             self.trainer_defaults["callbacks"] = [c for c in callbacks if not isinstance(c, RichProgressBar)]
 
