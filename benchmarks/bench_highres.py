@@ -20,13 +20,14 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import git_commit, synchronize  # noqa: E402 - shared helpers beside this script
 from dimlab.lit.sampling import Sampler
 from dimlab.models.dim import DiM
 from dimlab.models.presets import build_backbone
@@ -35,12 +36,6 @@ from dimlab.models.scan import kernels_available
 TRAINED_LATENT = 64  # dim_h2_512: 512 px images, SD-VAE latents 4 x 64 x 64
 QUICK_TRAINED_LATENT = 8
 VAE_FACTOR = 8
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class CallTimer:
@@ -151,17 +146,6 @@ def bench_resolution(
     if device.type == "cuda":
         record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return record
-
-
-def git_commit() -> str:
-    """Current commit of the checkout, or 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

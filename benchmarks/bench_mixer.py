@@ -31,14 +31,13 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import git_commit, median_seconds  # noqa: E402 - shared helpers beside this script
 from dimlab.models.mamba import Mamba, set_scan_backend
 from dimlab.models.scan import kernels_available
 
@@ -54,33 +53,6 @@ def traffic_bytes(mixer: Mamba, batch: int, length: int, act_bytes: int = 2, wei
     per_token = 2 * d + 2 * (2 * e + e + (r + 2 * n) + e + e)
     n_params = sum(p.numel() for p in mixer.parameters())
     return act_bytes * batch * length * per_token + weight_bytes * n_params
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, device: torch.device, warmup: int, reps: int) -> float:
-    """Median wall time of fn() over reps runs, after warmup runs (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def copy_bandwidth(device: torch.device, quick: bool) -> float:
@@ -118,17 +90,6 @@ def bench_one(mixer, backend, batch, length, device, warmup, reps) -> dict:
         record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     mixer.zero_grad(set_to_none=True)
     return record
-
-
-def git_commit() -> str:
-    """Current commit of the checkout, or 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -53,7 +53,6 @@ import gc
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -63,6 +62,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import git_commit, median_seconds, synchronize  # noqa: E402 - shared helpers beside this script
 from dimlab.flops import H100_BF16_DENSE_TFLOPS, H100_BF16_MEASURED_MATMUL_TFLOPS, backbone_cost
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.presets import build_backbone
@@ -97,33 +98,6 @@ KNOBS = ("eager", "ckpt", "compile", "graphs", "fused", "foreach_ema")
 
 
 # ------------------------------------------------------------------------------------------------ shared helpers
-def synchronize(device: torch.device) -> None:
-    """Wait for queued GPU work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
-    """Median wall time of ``fn()`` over ``reps`` runs after ``warmup`` runs (CUDA events on GPU)."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def matmul_tflops(device: torch.device, quick: bool) -> float:
     """bf16 dense matmul rate measured on ``device`` (TFLOP/s): the practical ceiling for MFU."""
     n = 256 if quick or device.type != "cuda" else 8192
@@ -151,17 +125,6 @@ def free_memory(device: torch.device) -> None:
 def device_name(device: torch.device) -> str:
     """Human-readable device name for the JSON metadata."""
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-
-
-def git_commit() -> str:
-    """Short hash of the checkout's HEAD, or 'unknown'."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def run_metadata(device: torch.device, argv: list[str] | None, **extra) -> dict:
