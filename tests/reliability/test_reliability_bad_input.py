@@ -154,3 +154,11 @@ def test_class_label_out_of_range_when_sampling():
     module = DiffusionModule(tiny_dim(num_classes=4), schedule="vp_sde")
     with pytest.raises(ValueError, match=r"class labels must be in \[0, 4\], got \[1, 7\]"):
         module.sampler().sample([1, 7], seeds=[0, 1], steps=2)
+
+
+def test_latent_data_resolution_must_be_a_multiple_of_8():
+    from dimlab.data.datamodule import ShardDataModule
+
+    with pytest.raises(ValueError, match=r"resolution=260 with kind='latents': expected a multiple of 8"):
+        ShardDataModule("unused", resolution=260, num_classes=10, kind="latents")
+    ShardDataModule("unused", resolution=256, num_classes=10, kind="latents")  # fine

@@ -127,6 +127,10 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(f"kind={kind!r}: expected 'pixels', 'images' or 'latents'")
         if channels not in (1, 3):
             raise ValueError(f"channels={channels}: expected 1 or 3")
+        if kind == "latents" and resolution % 8:
+            raise ValueError(
+                f"resolution={resolution} with kind='latents': expected a multiple of 8 (the VAE downsamples by 8)"
+            )
         for name, value in (
             ("resolution", resolution),
             ("num_classes", num_classes),
