@@ -8,6 +8,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from gpu_numerics import rel_err
 from torch.utils.data import DataLoader, Dataset
 
 from dimlab.lit.module import DiffusionModule
@@ -22,21 +23,6 @@ pytestmark = [
 
 FP32_TOL = 1e-3  # 25 blocks of summation-order differences between the kernels and the torch scan
 BF16_ABS_TOL = 5e-2  # bf16 has ~3 significant digits; errors compound over 25 blocks
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    """TF32 would put 1e-3 errors into the fp32 comparisons."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative 2-norm error of a against b, in fp64."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 @pytest.fixture(scope="module")

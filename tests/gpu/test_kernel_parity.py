@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gpu_numerics import rel_err
 
 from dimlab.models.mamba import Mamba, set_scan_backend
 from dimlab.models.scan import selective_scan
@@ -21,21 +22,6 @@ D_MODELS = [512, 1024, 1536]  # DiM-S / L / H
 LENGTHS = [366, 1230]  # 256px and 512px token sequences (reference §1.1)
 FP32_TOL = 1e-4
 BF16_TOL = 1e-2
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    """TF32 would put 1e-3 errors into the fp32 comparisons."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Relative 2-norm error of a against b, in fp64."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def scan_inputs(batch, dim, n, length, dtype):
