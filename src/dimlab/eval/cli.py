@@ -45,6 +45,17 @@ FEATURE_DIMS = (64, 192, 768, 2048)
 SEED_RULE = "sample i uses seed SeedSequence([base_seed, i]); labels drawn once for all N from base_seed"
 
 
+def add_inception_arguments(p: argparse.ArgumentParser) -> None:
+    """The Inception options every ``dimlab fid`` command shares."""
+    p.add_argument("--inception-weights", type=Path, help="local weights-inception-2015-12-05-6726825d.pth")
+    p.add_argument(
+        "--download-inception", action="store_true", help="fetch the weights into the torch hub cache"
+    )
+    p.add_argument(
+        "--feature-dim", type=int, choices=FEATURE_DIMS, default=2048, help="Inception block (2048 for FID)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``dimlab fid`` (scoring a checkpoint or stored images)."""
     p = argparse.ArgumentParser(
@@ -79,13 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=LABEL_MODES, default="uniform", help="how class labels are drawn")
     p.add_argument("--class-counts", type=Path, help=".npy or .json of training images per class")
     p.add_argument("--out", type=Path, help="write the JSON report here")
-    p.add_argument("--inception-weights", type=Path, help="local weights-inception-2015-12-05-6726825d.pth")
-    p.add_argument(
-        "--download-inception", action="store_true", help="fetch the weights into the torch hub cache"
-    )
-    p.add_argument(
-        "--feature-dim", type=int, choices=FEATURE_DIMS, default=2048, help="Inception block (2048 for FID)"
-    )
+    add_inception_arguments(p)
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--vae", help="VAE folder for latent-space checkpoints (overrides the recorded one)")
     p.add_argument("--npz-key", help="array name inside --images .npz (default arr_0)")
@@ -112,13 +117,7 @@ def build_ref_stats_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=4, help="decoding workers for shards")
     p.add_argument("--max-images", type=int, help="use at most this many images")
     p.add_argument("--device", default="cpu", help="device for the Inception network (cpu, cuda)")
-    p.add_argument("--inception-weights", type=Path, help="local weights-inception-2015-12-05-6726825d.pth")
-    p.add_argument(
-        "--download-inception", action="store_true", help="fetch the weights into the torch hub cache"
-    )
-    p.add_argument(
-        "--feature-dim", type=int, choices=FEATURE_DIMS, default=2048, help="Inception block (2048 for FID)"
-    )
+    add_inception_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true")
     return p
