@@ -164,3 +164,26 @@ def test_resume_is_exact(tmp_path):
         straight.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_validate_and_test_subcommands_report_the_ema_loss(tmp_path):
+    """`dimlab validate` and `dimlab test` run the EMA loss over the held-out split of a shard folder."""
+    from dimlab.cli import DimlabCLI
+    from dimlab.data.digits import write_digits_shards
+
+    write_digits_shards(tmp_path / "digits", size=8, shard_size=100)
+    common = [
+        "--config",
+        "experiments/demo/digits.yaml",
+        f"--data.train_shards={tmp_path / 'digits'}",
+        f"--data.val_shards={tmp_path / 'digits'}",
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        "--trainer.limit_val_batches=2",
+        "--trainer.limit_test_batches=2",
+        "--model.backbone.init_args.hidden_size=16",
+        "--model.backbone.init_args.depth=3",
+    ]
+    for subcommand, key in (("validate", "val/loss_ema"), ("test", "test/loss_ema")):
+        cli = DimlabCLI(args=[subcommand, *common])
+        value = cli.trainer.callback_metrics[key]
+        assert torch.isfinite(value) and value > 0

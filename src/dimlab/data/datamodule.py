@@ -90,6 +90,8 @@ class ShardDataModule(L.LightningDataModule):
         resolution: image side in pixels (for latents: of the encoded images; moments are resolution / 8).
         num_classes: labels must lie in [0, num_classes); a label outside raises with the shard and key.
         val_shards: like ``train_shards``; a directory uses its ``val`` split, else ``test``. None: no validation.
+        test_shards: what ``dimlab test`` evaluates, like ``val_shards`` but a directory uses its ``test`` split
+            first; None: the validation shards.
         kind: ``pixels`` (pixel-space training, e.g. CIFAR-10), ``images`` (pixels the LightningModule encodes
             with the VAE online) or ``latents`` (pre-extracted VAE moments). pixels and images load the same way.
         channels: image channels, 3 (RGB) or 1 (grey, e.g. the digits demo). Ignored for latents.
@@ -111,6 +113,7 @@ class ShardDataModule(L.LightningDataModule):
         resolution: int,
         num_classes: int,
         val_shards: str | None = None,
+        test_shards: str | None = None,
         kind: DataKind = "pixels",
         channels: int = 3,
         batch_size: int = 64,
@@ -149,6 +152,7 @@ class ShardDataModule(L.LightningDataModule):
             )
         self.save_hyperparameters()
         self.train_shards, self.val_shards, self.kind = train_shards, val_shards, kind
+        self.test_shards = test_shards if test_shards is not None else val_shards
         self.resolution, self.num_classes, self.channels = resolution, num_classes, channels
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.samples_per_epoch, self.shuffle_buffer = (
@@ -163,6 +167,7 @@ class ShardDataModule(L.LightningDataModule):
         self._skipped = SkippedSampleCounter()
         self.train_set: ShardSet | None = None
         self.val_set: ShardSet | None = None
+        self.test_set: ShardSet | None = None
         self.batches_per_epoch: int | None = None
         self.rank, self.world_size = 0, 1
 
@@ -185,6 +190,11 @@ class ShardDataModule(L.LightningDataModule):
                 self.val_shards, option="val_shards", default_splits=("val", "validation", "test")
             )
             self._check_manifest(self.val_set, "val_shards")
+        if stage in (None, "test") and self.test_shards is not None and self.test_set is None:
+            self.test_set = resolve_shards(
+                self.test_shards, option="test_shards", default_splits=("test", "val", "validation")
+            )
+            self._check_manifest(self.test_set, "test_shards")
 
     def _check_manifest(self, shard_set: ShardSet, option: str) -> None:
         manifest = shard_set.manifest
@@ -257,9 +267,20 @@ class ShardDataModule(L.LightningDataModule):
             return []
         if self.val_set is None:
             self.setup("validate")
+        return self._evaluation_loader(self.val_set)
+
+    def test_dataloader(self) -> wds.WebLoader | list:
+        """Every test sample once over all ranks (no flips); ``[]`` without test or validation shards."""
+        if self.test_shards is None:
+            return []
+        if self.test_set is None:
+            self.setup("test")
+        return self._evaluation_loader(self.test_set)
+
+    def _evaluation_loader(self, shard_set: ShardSet) -> wds.WebLoader:
         stream = ValidationStream(
-            self.val_set.urls,
-            self._decoder(self.val_set),
+            shard_set.urls,
+            self._decoder(shard_set),
             batch_size=self.val_batch_size,
             rank=self.rank,
             world_size=self.world_size,

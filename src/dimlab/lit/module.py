@@ -295,18 +295,25 @@ class DiffusionModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=x0.shape[0])
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def _ema_loss(self, batch, batch_idx) -> tuple[torch.Tensor, int]:
+        """Mean epsilon loss of the EMA weights on a batch, with noise and times fixed by (seed, batch index)."""
         x, y = batch["x"], batch.get("y")
         g_device = self.device if self.device.type == "cuda" else "cpu"
         g = torch.Generator(device=g_device).manual_seed(self.hparams.seed + batch_idx)
         x0 = self.to_model_space(x, generator=g)
         self._check_model_space(x, x0)
-        labels = self._labels(y, x0.shape[0], g) if self.hparams.class_conditional else None
-        if labels is None:
-            labels = torch.full((x0.shape[0],), self.null_class, dtype=torch.long, device=self.device)
+        labels = self._labels(y, x0.shape[0], g)
         ema_fn = self.ema.module
         losses = epsilon_loss(lambda a, b, c: ema_fn(a, b, c), self.schedule, x0, labels, generator=g)
-        self.log("val/loss_ema", losses.mean(), sync_dist=True, batch_size=x0.shape[0])
+        return losses.mean(), x0.shape[0]
+
+    def validation_step(self, batch, batch_idx):
+        loss, n = self._ema_loss(batch, batch_idx)
+        self.log("val/loss_ema", loss, sync_dist=True, batch_size=n)
+
+    def test_step(self, batch, batch_idx):
+        loss, n = self._ema_loss(batch, batch_idx)
+        self.log("test/loss_ema", loss, sync_dist=True, batch_size=n)
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._step_t0 is None:
