@@ -187,3 +187,34 @@ def test_validate_and_test_subcommands_report_the_ema_loss(tmp_path):
         cli = DimlabCLI(args=[subcommand, *common])
         value = cli.trainer.callback_metrics[key]
         assert torch.isfinite(value) and value > 0
+
+
+def test_run_summary_reports_throughput_for_fresh_and_resumed_runs(blob_data, tmp_path):
+    import json
+
+    from dimlab.lit.callbacks import RunSummary
+    from tiny_models import tiny_uvit
+
+    def run(max_steps, ckpt_path=None):
+        module = _module(tiny_uvit())
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=max_steps,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            enable_checkpointing=False,
+            callbacks=[RunSummary(skip_steps=2)],
+        )
+        trainer.fit(module, blob_data(n=32, batch_size=8), ckpt_path=ckpt_path)
+        return trainer, json.loads((tmp_path / "summary.json").read_text())
+
+    trainer, first = run(6)
+    trainer.save_checkpoint(tmp_path / "six.ckpt")
+    _, resumed = run(12, ckpt_path=str(tmp_path / "six.ckpt"))
+    for summary, step in ((first, 6), (resumed, 12)):
+        assert summary["global_step"] == step and summary["finished"]
+        assert summary["images_per_sec"] > 0, summary

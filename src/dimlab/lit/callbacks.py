@@ -25,7 +25,7 @@ class RunSummary(L.Callback):
     """Write ``<default_root_dir>/summary.json`` at the end of ``fit``.
 
     It holds the final step, the mean training loss over the last ``window`` steps, training images/s (global,
-    measured after ``skip_steps`` warm-up steps), the backbone's parameter count and whether ``max_steps`` was
+    measured after this run's first ``skip_steps`` steps, so resumed runs report it too), the backbone's parameter count and whether ``max_steps`` was
     reached. Ablation runners and benchmarks read this file instead of parsing logger output.
     """
 
@@ -34,13 +34,15 @@ class RunSummary(L.Callback):
         self.skip_steps = skip_steps
         self._losses: list[float] = []
         self._images = 0
+        self._batches = 0  # of this run: a resumed run starts at a later global step
         self._t0: float | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._losses = (self._losses + [float(loss.detach())])[-self.window :]
-        if trainer.global_step == self.skip_steps and self._t0 is None:
+        self._batches += 1
+        if self._batches == self.skip_steps and self._t0 is None:
             self._t0 = time.perf_counter()
             self._images = 0
         elif self._t0 is not None:
