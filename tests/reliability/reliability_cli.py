@@ -30,15 +30,31 @@ def fit_args(digits: Path, root: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def dimlab_fit(digits: Path, root: Path, *extra: str) -> subprocess.Popen:
-    """Start ``python -m dimlab fit`` with :func:`fit_args`; stdout and stderr are captured together."""
+class FitProcess(subprocess.Popen):
+    """A ``dimlab fit`` subprocess whose stdout and stderr go to a log file under its run folder.
+
+    A pipe would fill while a test polls for a checkpoint without reading it, and the child would then block
+    forever. ``communicate()`` waits and returns ``(log text, None)`` like a captured pipe.
+    """
+
+    def __init__(self, args: list[str], root: Path, env: dict[str, str]):
+        self.log_path = root / f"fit-{len(list(root.glob('fit-*.log')))}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in communicate()
+        super().__init__(args, cwd=root, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+
+    def communicate(self, input=None, timeout=None):  # noqa: A002 - Popen's signature
+        self.wait(timeout=timeout)
+        self._log.close()
+        return self.log_path.read_text(), None
+
+
+def dimlab_fit(digits: Path, root: Path, *extra: str) -> FitProcess:
+    """Start ``python -m dimlab fit`` with :func:`fit_args`; stdout and stderr are logged together."""
     args = [sys.executable, "-m", "dimlab", *fit_args(digits, root, *extra)]
     root.mkdir(parents=True, exist_ok=True)
     python_path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": python_path}
-    return subprocess.Popen(
-        args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return FitProcess(args, root, env)
 
 
 def load_checkpoint(path: Path) -> dict:
