@@ -164,3 +164,61 @@ def test_crossover_from_synthetic_timings():
     assert out["dim_faster_from"] == 1024
     assert out["ratio_one_at"] == pytest.approx(512.0)  # ratio exactly 1 at 512 -> log-ratio 0 there
     assert sampling.crossover(results[:2], batch=1, variant="eager")["dim_faster_from"] is None
+
+
+def test_profile_train_quick_groups_operator_time_by_category(tmp_path):
+    out = tmp_path / "prof.json"
+    run_script(
+        "profile_train",
+        "--quick",
+        "--device=cpu",
+        "--models=dim_s2",
+        "--steps=1",
+        "--warmup=0",
+        f"--out={out}",
+    )
+    data = json.loads(out.read_text())
+    assert data["meta"]["complete"] is True
+    (record,) = data["results"]
+    assert record["status"] == "ok" and record["model"] == "dim_s2"
+    shares = {c["category"]: c["share"] for c in record["categories"]}
+    assert abs(sum(shares.values()) - 1.0) < 1e-6
+    assert shares["matmul"] > 0 and shares["gather / scatter"] > 0  # projections; the scan-order gathers
+    assert record["kernel_ms_per_step"] > 0 and record["launches_per_step"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kernel", "category"),
+    [
+        ("void selective_scan_fwd_kernel<Selective_Scan_fwd_kernel_traits<32, 16, 1, true>>", "scan fwd"),
+        ("void selective_scan_bwd_kernel<Selective_Scan_bwd_kernel_traits<32, 16, true>>", "scan bwd"),
+        ("void causal_conv1d_fwd_kernel<Causal_conv1d_fwd_kernel_traits<128, 4>>", "causal conv1d"),
+        ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", "matmul"),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+        ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv (cuDNN)"),
+        ("void at::native::(anonymous namespace)::conv_depthwise2d_forward_kernel<float>", "conv (cuDNN)"),
+        ("void at::native::(anonymous namespace)::indexSelectLargeIndex<float, long>", "gather / scatter"),
+        ("void at::native::indexFuncLargeIndex<float, long>", "gather / scatter"),
+        (
+            "void at::native::(anonymous namespace)::CatArrayBatchedCopy<float, unsigned int, 3>",
+            "cat / copy / cast",
+        ),
+        (
+            "void at::native::multi_tensor_apply_kernel<TensorListMetadata<4>, FusedAdamMathFunctor>",
+            "optimizer + EMA",
+        ),
+        ("void at::native::reduce_kernel<512, 1, ReduceOp<float, MeanOps<float>>>", "reduction / norm"),
+        ("void at::native::vectorized_elementwise_kernel<4, AUnaryFunctor<float>>", "elementwise"),
+        ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>", "attention"),
+        ("something_unknown", "other"),
+    ],
+)
+def test_profile_categories_match_real_kernel_names(kernel, category):
+    assert load_script("profile_train").categorize(kernel) == category
+
+
+def test_busy_time_is_the_union_of_overlapping_kernels():
+    union_us = load_script("profile_train").union_us
+    assert union_us([]) == 0
+    assert union_us([(0, 10), (5, 15), (20, 30)]) == 25  # overlap counted once, the gap not at all
+    assert union_us([(20, 30), (0, 10), (2, 3)]) == 20
