@@ -89,6 +89,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     torch.set_flush_denormal(True)  # as the dimlab CLI does (CPU runs only)
     cuda = args.device == "cuda"
+    if not cuda:  # one thread per rank in every configuration, so 1 and 2 CPU ranks compare like for like
+        torch.set_num_threads(1)
     strategy, devices = CONFIGS[args.config]
     precision = args.precision or ("bf16-mixed" if cuda else "32-true")
     module_args, clip = recipe(args.model)
