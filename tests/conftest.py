@@ -43,6 +43,37 @@ def _deterministic_threads():
     yield
 
 
+#: What Lightning / torch.distributed write into os.environ when a test initialises a process group in-process.
+_DISTRIBUTED_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "NODE_RANK",
+    "GROUP_RANK",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_distributed_state():
+    """Undo what an in-process distributed run leaves behind: its process group and its rendezvous variables.
+
+    Lightning's DDP/FSDP strategies set MASTER_PORT etc. in ``os.environ`` and keep the process group (and the
+    TCPStore listening on that port) alive after ``fit``. Every later subprocess would inherit MASTER_PORT and fail
+    to listen on it (EADDRINUSE; seen on 2 H100s when the 2-GPU tests ran after the 1-GPU FSDP test).
+    """
+    saved = {k: os.environ.get(k) for k in _DISTRIBUTED_ENV}
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def shared_spec() -> Path:
     """Path of ../shared/spec (read-only reference material beside the clone); skips when it is absent."""
