@@ -72,7 +72,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
         "cat / copy / cast",
         r"CatArray|cat_|aten::cat$|copy|Copy|memcpy|Memcpy|memset|Memset|aten::to$|_to_copy",
     ),
-    ("reduction / norm", r"reduce|Reduce|norm|Norm|softmax|aten::(sum|mean|rsqrt|pow)$"),
+    ("reduction / norm", r"reduce|Reduce|norm|Norm|GammaBeta|softmax|aten::(sum|mean|rsqrt|pow)$"),
     ("elementwise", r"elementwise|vectorized|unrolled|pointwise|triton_|aten::"),
 )
 _COMPILED = [(name, re.compile(rule)) for name, rule in CATEGORIES]
@@ -110,7 +110,9 @@ def kernel_records(prof, device: torch.device) -> list[tuple[str, float, float]]
     records = []
     for event in prof.events():
         if device.type == "cuda":
-            if event.device_type != DeviceType.CUDA:
+            # User annotations (``record_function`` ranges such as "Optimizer.step#AdamW.step") are mirrored onto
+            # the GPU timeline; they span kernels already counted, so they are left out.
+            if event.device_type != DeviceType.CUDA or getattr(event, "is_user_annotation", False):
                 continue
             records.append((event.name, float(event.time_range.start), float(event.time_range.end)))
         elif event.device_type == DeviceType.CPU and event.self_cpu_time_total > 0:

@@ -208,6 +208,10 @@ def test_profile_train_quick_groups_operator_time_by_category(tmp_path):
             "optimizer + EMA",
         ),
         ("void at::native::reduce_kernel<512, 1, ReduceOp<float, MeanOps<float>>>", "reduction / norm"),
+        (
+            "void at::native::(anonymous namespace)::GammaBetaBackwardCUDAKernelTemplate<float>",
+            "reduction / norm",
+        ),
         ("void at::native::vectorized_elementwise_kernel<4, AUnaryFunctor<float>>", "elementwise"),
         ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64>>", "attention"),
         ("something_unknown", "other"),
