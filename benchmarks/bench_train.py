@@ -457,15 +457,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def device_and_models(args: argparse.Namespace, script: str) -> tuple[torch.device, list[str]]:
+    """The ``--device`` (exits if CUDA is asked for but absent) and the ``--models`` list (exits on unknown names)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_train: --device cuda but no CUDA device is visible; use --device cpu --quick")
+        sys.exit(f"{script}: --device cuda but no CUDA device is visible; use --device cpu --quick")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
-        sys.exit(f"bench_train: unknown --models {unknown}; expected some of {list(MODELS)}")
+        sys.exit(f"{script}: unknown --models {unknown}; expected some of {list(MODELS)}")
+    return device, models
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device, models = device_and_models(args, "bench_train")
     if args.variants:
         variants = parse_variants(args.variants)
     else:

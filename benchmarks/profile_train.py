@@ -51,6 +51,7 @@ from bench_train import (  # noqa: E402
     ResultLog,
     TrainHarness,
     build_module,
+    device_and_models,
     free_memory,
     parse_variants,
     run_metadata,
@@ -203,13 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("profile_train: --device cuda but no CUDA device is visible; use --device cpu --quick")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        sys.exit(f"profile_train: unknown --models {unknown}; expected some of {list(MODELS)}")
+    device, models = device_and_models(args, "profile_train")
     variants = parse_variants(args.variants)
     steps = args.steps if args.steps is not None else (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)

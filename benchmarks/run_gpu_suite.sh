@@ -68,20 +68,8 @@ if [[ "${QUICK:-0}" == 1 ]]; then
 fi
 
 SUITE_START=$SECONDS
-# stage NAME LIMIT_SECONDS COMMAND...: run COMMAND under a time limit if NAME is in $STAGES; log rc and duration.
-stage() {
-    local name=$1 limit=$2
-    shift 2
-    [[ " $STAGES " == *" $name "* ]] || return 0
-    echo
-    echo "== [$name] limit ${limit}s, t=$((SECONDS - SUITE_START))s: $*"
-    local start=$SECONDS rc
-    timeout -k 10 "$limit" "$@"
-    rc=$?
-    local took=$((SECONDS - start))
-    [[ $rc == 124 || $rc == 137 ]] && echo "== [$name] stopped at its ${limit}s limit (partial results kept)"
-    printf '%-10s rc=%-4s %4ss\n' "$name" "$rc" "$took" >>"$SUMMARY"
-}
+# shellcheck source=benchmarks/stage.sh
+source benchmarks/stage.sh
 
 TRAIN=("$PYTHON" benchmarks/bench_train.py "${QUICK_ARGS[@]}")
 

@@ -50,23 +50,8 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,nohea
 nvidia-smi topo -m || true
 
 SUITE_START=$SECONDS
-FAILED=0
-# stage NAME LIMIT_SECONDS COMMAND...: run COMMAND under a time limit if NAME is in $STAGES; log rc and duration.
-stage() {
-    local name=$1 limit=$2
-    shift 2
-    [[ " $STAGES " == *" $name "* ]] || return 0
-    echo
-    echo "== [$name] limit ${limit}s, t=$((SECONDS - SUITE_START))s: $*"
-    local start=$SECONDS rc
-    timeout -k 10 "$limit" "$@"
-    rc=$?
-    local took=$((SECONDS - start))
-    [[ $rc == 124 || $rc == 137 ]] && echo "== [$name] stopped at its ${limit}s limit (partial results kept)"
-    printf '%-6s rc=%-4s %4ss\n' "$name" "$rc" "$took" >>"$SUMMARY"
-    [[ $rc == 0 ]] || FAILED=1
-    return "$rc"
-}
+# shellcheck source=benchmarks/stage.sh
+source benchmarks/stage.sh
 
 # Exit 2 (the stage's rc) without 2 GPUs or without the kernels (unless QUICK=1 or ALLOW_TORCH_SCAN=1); lists
 # missing packages either way.
