@@ -226,3 +226,24 @@ def test_busy_time_is_the_union_of_overlapping_kernels():
     assert union_us([]) == 0
     assert union_us([(0, 10), (5, 15), (20, 30)]) == 25  # overlap counted once, the gap not at all
     assert union_us([(20, 30), (0, 10), (2, 3)]) == 20
+
+
+def test_bench_sampler_quick_times_the_product_sampler_per_precision(tmp_path):
+    out = tmp_path / "sampler.json"
+    run_script(
+        "bench_sampler",
+        "--quick",
+        "--device=cpu",
+        "--models=dim_h2",
+        "--batches=1",
+        "--steps=3",
+        "--reps=1",
+        f"--out={out}",
+    )
+    data = json.loads(out.read_text())
+    assert data["meta"]["complete"] is True
+    rows = {r["setting"]: r for r in data["results"]}
+    assert set(rows) == {"fp32", "bf16"}  # no CUDA graphs on a CPU
+    for r in rows.values():
+        assert r["status"] == "ok" and r["finite"] and r["ms_per_nfe"] > 0
+        assert r["ms_per_call"] == pytest.approx(3 * r["ms_per_nfe"])

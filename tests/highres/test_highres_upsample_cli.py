@@ -150,3 +150,17 @@ def test_skip_tune_flag_through_the_cli(tiny_dim_ckpt, tmp_path):
     tuned, args = _sample(tiny_dim_ckpt, tmp_path / "c", *common, "--skip-tune", "0.0", "1.0")
     assert not np.array_equal(base, tuned)
     assert args["skip_tune"] == [0.0, 1.0]
+
+
+def test_precision_and_cuda_graph_flags_through_the_cli(tiny_dim_ckpt, tmp_path):
+    fp32, _ = _sample(tiny_dim_ckpt, tmp_path / "fp32", "--resolution", "16", "--upsample-guidance")
+    bf16, args = _sample(
+        tiny_dim_ckpt, tmp_path / "bf16", "--resolution", "16", "--upsample-guidance", "--precision", "bf16"
+    )
+    assert args["precision"] == "bf16" and args["cuda_graphs"] is False
+    assert fp32.shape == bf16.shape == (1, 16, 16, 1)
+    assert np.abs(fp32.astype(int) - bf16.astype(int)).mean() < 8  # uint8 levels: rounding, not another image
+    if not torch.cuda.is_available():
+        argv = ["sample", "--ckpt", str(tiny_dim_ckpt), "--out", str(tmp_path / "g"), "--cuda-graphs"]
+        with pytest.raises(SystemExit, match="--cuda-graphs needs a CUDA device"):
+            main(argv)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dimlab.diffusion.fast_eval import add_fast_eval_arguments
 from dimlab.eval.inception import (
     InceptionWeightsNotFoundError,
     is_official_weights,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-images", type=Path, help="also write the generated images as PNGs into this folder"
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_fast_eval_arguments(p)
     return p
 
 
@@ -167,6 +169,8 @@ def _check_score_args(args) -> None:
             raise FileNotFoundError(f"checkpoint not found: {args.ckpt}")
     elif not args.images.exists():
         raise FileNotFoundError(f"--images path not found: {args.images}")
+    if args.cuda_graphs and (args.ckpt is None or args.accelerator == "cpu"):
+        raise ValueError("--cuda-graphs applies to sampling from --ckpt on a CUDA accelerator")
 
 
 def _score_main(args) -> int:
@@ -236,7 +240,13 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
 
     def sample_fn(indices, batch_labels, seeds):
         return sampler.sample(
-            batch_labels, seeds, cfg_scale=args.cfg_scale, sampler=args.sampler, steps=args.steps
+            batch_labels,
+            seeds,
+            cfg_scale=args.cfg_scale,
+            sampler=args.sampler,
+            steps=args.steps,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
         )
 
     on_batch = None

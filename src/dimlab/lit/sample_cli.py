@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dimlab.diffusion.fast_eval import add_fast_eval_arguments
 from dimlab.diffusion.samplers import SAMPLERS
 
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, help="VAE folder (overrides the one recorded in the checkpoint)")
     p.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 NHWC, key arr_0)")
     p.add_argument("--device", default="auto")
+    add_fast_eval_arguments(p)
     return p
 
 
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from dimlab.lit.sampling import load_sampler
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.cuda_graphs and torch.device(device).type != "cuda":
+        raise SystemExit(f"--cuda-graphs needs a CUDA device, but sampling would run on {device}")
     sampler = load_sampler(args.ckpt, ema=not args.no_ema, device=device, vae_path=args.vae)
     latent_shape = sampler.latent_shape
     factor = sampler.image_size[0] // latent_shape[1]
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             latent_shape=latent_shape,
             model_fn_wrapper=wrapper,
             skip_tune=args.skip_tune,
+            precision=args.precision,
+            cuda_graphs=args.cuda_graphs,
         )
         arr = to_uint8_hwc(imgs)
         for i, img in zip(idx, arr, strict=True):

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dimlab.diffusion.fast_eval import fast_model_fn
 from dimlab.diffusion.guidance import cfg_model_fn
 from dimlab.diffusion.samplers import sample as run_sampler
 from dimlab.diffusion.schedules import build_schedule
@@ -47,6 +48,8 @@ class Sampler:
     vae: nn.Module | None = None
     latent_scale: float = 0.18215
     schedule: object = field(init=False)
+    # CUDA-graphed guided model functions, reused across calls with the same shapes and settings (see sample()).
+    _graphed: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self):
         self.schedule = build_schedule(self.schedule_name)
@@ -76,6 +79,8 @@ class Sampler:
         model_fn_wrapper=None,
         skip_tune: tuple[float, float] | None = None,
         progress: bool = False,
+        precision: str = "fp32",
+        cuda_graphs: bool = False,
     ) -> torch.Tensor:
         """Draw ``len(seeds)`` images in [-1, 1], shape (B, C, H, W).
 
@@ -84,7 +89,10 @@ class Sampler:
         trained resolution (the backbones accept any grid). ``model_fn_wrapper`` may wrap the guided model
         function (for example upsample guidance) before the solver sees it. ``skip_tune=(rho_top, rho_bottom)``
         scales the decoder's incoming long skips by the intended time-dependent ramp (see
-        :func:`dimlab.diffusion.upsample.skip_tune_scales`).
+        :func:`dimlab.diffusion.upsample.skip_tune_scales`). ``precision="bf16"`` evaluates the network under bf16
+        autocast; ``cuda_graphs=True`` (CUDA only) replays each network evaluation from a CUDA graph, captured
+        once per batch shape and reused by later calls with the same settings (labels are copied into the graph's
+        static buffer). See :mod:`dimlab.diffusion.fast_eval`.
         """
         device = self.device
         n = len(seeds)
@@ -99,8 +107,7 @@ class Sampler:
         shape = latent_shape or self.latent_shape
         noise = per_sample_noise(shape, seeds, device)
         guided = cfg_scale if self.class_conditional else 0.0
-        net = self.backbone if skip_tune is None else self._skip_tuned(*skip_tune)
-        model_fn = cfg_model_fn(net, y, self.null_class, guided)
+        model_fn = self._guided_model_fn(y, guided, skip_tune, precision, cuda_graphs)
         if model_fn_wrapper is not None:
             model_fn = model_fn_wrapper(model_fn)
         z = run_sampler(model_fn, self.schedule, noise, sampler=sampler, steps=steps, progress=progress)
@@ -109,6 +116,26 @@ class Sampler:
         from dimlab.data.vae import decode_latents
 
         return decode_latents(self.vae, z, scale=self.latent_scale).clamp(-1, 1)
+
+    def _guided_model_fn(self, y, cfg_scale, skip_tune, precision, cuda_graphs):
+        """The CFG model function for labels ``y``, with ``precision`` and, optionally, CUDA-graph replay.
+
+        With graphs, the labels live in a static buffer owned by the cached graphed function, so a later call with
+        other labels (the next batch) replays the same graphs after copying its labels in.
+        """
+        net = self.backbone if skip_tune is None else self._skip_tuned(*skip_tune)
+        if not cuda_graphs:
+            return fast_model_fn(cfg_model_fn(net, y, self.null_class, cfg_scale), self.device, precision)
+        key = (y.shape[0], cfg_scale, skip_tune, precision)
+        if key not in self._graphed:
+            static_y = y.clone()
+            fn = fast_model_fn(
+                cfg_model_fn(net, static_y, self.null_class, cfg_scale), self.device, precision, cuda_graphs
+            )
+            self._graphed[key] = (static_y, fn)
+        static_y, fn = self._graphed[key]
+        static_y.copy_(y)
+        return fn
 
     def upsample_guidance(
         self,
