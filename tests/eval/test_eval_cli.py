@@ -56,23 +56,13 @@ def test_ref_stats_then_score_images(tmp_path, image_npzs, random_inception_weig
 
 
 def _tiny_checkpoint(tmp_path):
-    import lightning as L
-
     from dimlab.lit.module import DiffusionModule
-    from tiny_models import tiny_uvit
+    from tiny_models import tiny_trainer, tiny_uvit
 
     g = torch.Generator().manual_seed(0)
     data = [{"x": torch.rand(1, 8, 8, generator=g) * 2 - 1, "y": torch.tensor(i % 4)} for i in range(8)]
     module = DiffusionModule(tiny_uvit(num_classes=4), schedule="vp_sde", warmup_steps=0, ema_decay=0.9)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = tiny_trainer(tmp_path, max_steps=1)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
     path = tmp_path / "tiny.ckpt"
     trainer.save_checkpoint(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 
 TINY_DIM = dict(
@@ -21,6 +20,7 @@ def train_tiny_checkpoint(path, schedule: str = "sd_discrete", size: int = 8, st
     """Train ``TINY_DIM`` at ``size`` x ``size`` pixels for ``steps`` optimizer steps and save a checkpoint."""
     from dimlab.lit.module import DiffusionModule
     from dimlab.models.dim import DiM
+    from tiny_models import tiny_trainer
 
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -32,15 +32,7 @@ def train_tiny_checkpoint(path, schedule: str = "sd_discrete", size: int = 8, st
         lr=1e-3,
         ema_decay=0.5,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(path.parent),
-    )
+    trainer = tiny_trainer(path.parent, max_steps=steps)
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
     trainer.save_checkpoint(path)
     return path

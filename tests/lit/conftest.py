@@ -54,23 +54,8 @@ def tiny_backbone(request):
     return {"uvit": tiny_uvit, "dim": tiny_dim}[request.param]
 
 
-def trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-    defaults.update(kwargs)
-    return L.Trainer(**defaults)
-
-
 @pytest.fixture
 def make_trainer():
-    return trainer
+    from tiny_models import tiny_trainer
+
+    return tiny_trainer

@@ -6,7 +6,6 @@ import csv
 import math
 import tempfile
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -19,6 +18,7 @@ from dimlab.eval.split import official_labels, sample_seeds
 from dimlab.lit.fid_callback import FIDCallback, fid_metric_key
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.uvit import UViT
+from tiny_models import tiny_trainer
 
 pytest.importorskip("torch_fidelity")
 
@@ -90,20 +90,6 @@ def fid_assets(tmp_path_factory):
     return weights, ref_path
 
 
-def _trainer(tmp_path, callbacks, max_steps=4, logger=None, accelerator="cpu"):
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        max_steps=max_steps,
-        callbacks=callbacks,
-        logger=logger if logger is not None else False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-
-
 def test_metric_key_names_count_sampler_steps_and_cfg():
     assert fid_metric_key(10_000, "dpm++", 50, 0.4) == "fid/10k_dpmpp50_cfg0.4"
     assert fid_metric_key(50_000, "dpm", 25, 0.0) == "fid/50k_dpm25_cfg0"
@@ -130,7 +116,7 @@ def test_fid_is_logged_every_k_steps_and_matches_an_independent_computation(fid_
     )
     module = _module()
     logger = CSVLogger(tmp_path, name="csv", version=0)
-    trainer = _trainer(tmp_path, [callback], logger=logger, accelerator=device)
+    trainer = tiny_trainer(tmp_path, callbacks=[callback], logger=logger, accelerator=device)
     trainer.fit(module, train_dataloaders=_loader())
 
     key = "fid/6_dpmpp3_cfg0.4"
@@ -173,7 +159,7 @@ def test_missing_inception_weights_fail_before_the_first_step(fid_assets, tmp_pa
     _, ref_path = fid_assets
     missing = tmp_path / "no-such-weights.pth"
     module = _module()
-    trainer = _trainer(tmp_path, [FIDCallback(2, 6, ref_path, inception_weights=missing)])
+    trainer = tiny_trainer(tmp_path, callbacks=[FIDCallback(2, 6, ref_path, inception_weights=missing)])
     with pytest.raises(InceptionWeightsNotFoundError, match=WEIGHTS_FILENAME) as err:
         trainer.fit(module, train_dataloaders=_loader())
     assert str(missing) in str(err.value)
@@ -181,7 +167,7 @@ def test_missing_inception_weights_fail_before_the_first_step(fid_assets, tmp_pa
 
     # Default location (torch hub cache) empty: the message says where it looked.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    trainer = _trainer(tmp_path, [FIDCallback(2, 6, ref_path)])
+    trainer = tiny_trainer(tmp_path, callbacks=[FIDCallback(2, 6, ref_path)])
     with pytest.raises(InceptionWeightsNotFoundError, match="torch_home"):
         trainer.fit(_module(), train_dataloaders=_loader())
     assert trainer.global_step == 0
@@ -190,11 +176,11 @@ def test_missing_inception_weights_fail_before_the_first_step(fid_assets, tmp_pa
 def test_bad_reference_stats_fail_at_setup(fid_assets, tmp_path):
     weights, _ = fid_assets
     with pytest.raises(FileNotFoundError, match="reference statistics file not found"):
-        _trainer(tmp_path, [FIDCallback(2, 6, tmp_path / "absent.npz", inception_weights=weights)]).fit(
-            _module(), train_dataloaders=_loader()
-        )
+        tiny_trainer(
+            tmp_path, callbacks=[FIDCallback(2, 6, tmp_path / "absent.npz", inception_weights=weights)]
+        ).fit(_module(), train_dataloaders=_loader())
     odd = ReferenceStats(mu=torch.zeros(100).numpy(), sigma=torch.eye(100).numpy()).save(tmp_path / "odd.npz")
-    trainer = _trainer(tmp_path, [FIDCallback(2, 6, odd, inception_weights=weights)])
+    trainer = tiny_trainer(tmp_path, callbacks=[FIDCallback(2, 6, odd, inception_weights=weights)])
     with pytest.raises(ValueError, match="100-d reference features"):
         trainer.fit(_module(), train_dataloaders=_loader())
     assert trainer.global_step == 0
@@ -247,17 +233,14 @@ def test_two_ranks_give_the_single_process_fid(fid_assets, tmp_path, accelerator
         module.hparams.lr = 0.0
         callback = FIDCallback(2, 7, ref_path, steps=3, batch_size=2, inception_weights=weights, seed=1)
         logger = CSVLogger(tmp_path, name=f"ranks{devices}", version=0)
-        trainer = L.Trainer(
+        trainer = tiny_trainer(
+            tmp_path,
+            max_steps=2,
             accelerator=accelerator,
             devices=devices,
             strategy=strategy,
-            max_steps=2,
             callbacks=[callback],
             logger=logger,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
         )
         trainer.fit(module, train_dataloaders=_loader())
         results[devices] = _logged_fid(

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from dimlab.cli import main
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.dim import DiM
-from tiny_models import tiny_dim, tiny_uvit
+from tiny_models import tiny_dim, tiny_trainer, tiny_uvit
 
 
 def _cli_error(capsys, args) -> str:
@@ -96,15 +96,7 @@ def test_data_resolution_that_disagrees_with_the_backbone(tmp_path):
 
 def _train_checkpoint(backbone, tmp_path, name: str):
     module = DiffusionModule(backbone, schedule="vp_sde", warmup_steps=0)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = tiny_trainer(tmp_path, max_steps=1)
     trainer.fit(module, DataLoader(_Images((1, 8, 8)), batch_size=4))
     path = tmp_path / name
     trainer.save_checkpoint(path)

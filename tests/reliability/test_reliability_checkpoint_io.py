@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from dimlab.cli import DimlabCLI
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
 from dimlab.lit.module import DiffusionModule
-from tiny_models import tiny_dim
+from tiny_models import tiny_dim, tiny_trainer
 
 
 def _torch_save_that_dies_after(nbytes: int):
@@ -89,13 +89,10 @@ def _fit(root, max_steps, callbacks=(), ckpt_path=None):
     module = DiffusionModule(
         tiny_dim(), schedule="vp_sde", lr=1e-3, warmup_steps=0, ema_decay=0.9, adam_eps=1e-8
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = tiny_trainer(
+        root,
         max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
+        enable_checkpointing=True,
         plugins=[AtomicCheckpointIO()],
         callbacks=[
             ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=3, save_last=True),

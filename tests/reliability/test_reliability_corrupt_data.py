@@ -14,7 +14,7 @@ import torch
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.lit.faults import SkippedSampleMonitor
 from dimlab.lit.module import DiffusionModule
-from tiny_models import tiny_dim
+from tiny_models import tiny_dim, tiny_trainer
 
 
 def _corrupt_first_png(shard) -> str:
@@ -50,17 +50,7 @@ def test_corrupt_training_sample_is_skipped_counted_and_logged(digits8, tmp_path
         samples_per_epoch=64,
         shuffle_buffer=20,
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        log_every_n_steps=1,
-        limit_val_batches=0,
-        callbacks=[SkippedSampleMonitor()],
-    )
+    trainer = tiny_trainer(tmp_path, max_steps=4, log_every_n_steps=1, callbacks=[SkippedSampleMonitor()])
     with caplog.at_level(logging.WARNING, logger="dimlab.data"):
         trainer.fit(module, data)
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dimlab.lit.faults import NonFiniteGuard, NonFiniteTrainingError
 from dimlab.lit.module import DiffusionModule
-from tiny_models import tiny_dim
+from tiny_models import tiny_dim, tiny_trainer
 
 
 class _PoisonedBlobs(Dataset):
@@ -62,25 +62,10 @@ class _Recorder(L.Callback):
         self.adam_steps.append(int(max((float(s["step"]) for s in state.values()), default=0)))
 
 
-def _trainer(tmp_path, callbacks, max_steps, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(tmp_path),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-        **kwargs,
-    )
-
-
 def test_nan_loss_step_is_skipped_and_counted(tmp_path):
     module, recorder, guard = _module(), _Recorder(), NonFiniteGuard(max_consecutive=3)
     loader = DataLoader(_PoisonedBlobs(nan_batches=(2,)), batch_size=4)
-    trainer = _trainer(tmp_path, [guard, recorder], max_steps=5, enable_checkpointing=False)
+    trainer = tiny_trainer(tmp_path, max_steps=5, callbacks=[guard, recorder])
     trainer.fit(module, loader)
 
     assert trainer.global_step == 5 and guard.total_skipped == 1 and guard.consecutive == 0
@@ -109,7 +94,7 @@ def test_inf_gradients_with_a_finite_loss_are_skipped(tmp_path):
             losses.append(float(outputs["loss"]))
 
     loader = DataLoader(_PoisonedBlobs(), batch_size=4)
-    trainer = _trainer(tmp_path, [guard, recorder, _Losses()], max_steps=3, enable_checkpointing=False)
+    trainer = tiny_trainer(tmp_path, max_steps=3, callbacks=[guard, recorder, _Losses()])
     trainer.fit(module, loader)
     assert all(math.isfinite(v) for v in losses), "the loss stays finite; only the gradients blow up"
     assert guard.total_skipped == 1
@@ -124,7 +109,12 @@ def test_consecutive_bad_steps_stop_with_a_clear_error_and_good_checkpoints(tmp_
     ckpt = ModelCheckpoint(
         dirpath=str(tmp_path / "ckpt"), every_n_train_steps=1, save_top_k=-1, save_last=True
     )
-    trainer = _trainer(tmp_path, [NonFiniteGuard(max_consecutive=2), recorder, ckpt], max_steps=20)
+    trainer = tiny_trainer(
+        tmp_path,
+        max_steps=20,
+        callbacks=[NonFiniteGuard(max_consecutive=2), recorder, ckpt],
+        enable_checkpointing=True,
+    )
     with pytest.raises(NonFiniteTrainingError) as info:
         trainer.fit(module, loader)
     message = str(info.value)
