@@ -31,9 +31,9 @@ def _sampler(device="cpu") -> Sampler:
     )
 
 
-def _draw(sampler, labels=(0, 3), **kwargs):
+def _draw(smp, labels=(0, 3), **kwargs):
     seeds = list(range(len(labels)))
-    return sampler.sample(list(labels), seeds, cfg_scale=1.0, steps=4, **kwargs)
+    return smp.sample(list(labels), seeds, cfg_scale=1.0, steps=4, **kwargs)
 
 
 def test_bf16_precision_runs_the_network_under_autocast_and_stays_close_to_fp32():
