@@ -15,6 +15,7 @@
 #   compile_h  DiM-H/2 at 256 px, batch 64: eager vs torch.compile,
 #   compile_ro DiM-S/2 at batch 128 with torch.compile mode reduce-overhead (compile's own CUDA graphs),
 #   sampling   time per NFE with CFG, DiM-H/2 vs U-ViT-H/2, 256..2048 px, batch 1 and 8, eager and CUDA graphs,
+#   sampler    the product sampler end to end: fp32 vs bf16 vs bf16 + CUDA graphs (benchmarks/bench_sampler.py),
 #   mixer      the Mamba mixer alone (benchmarks/bench_mixer.py).
 # Largest models first within a stage, small step counts. Every stage has a time limit; the benchmark scripts
 # rewrite their JSON after every record, so a stage cut by its limit keeps what it finished. Everything lands in
@@ -33,7 +34,7 @@ mkdir -p "$OUT"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
 fi
-STAGES="${STAGES:-tests profile train_h train_l train_s compile_s compile_h compile_ro sampling mixer}"
+STAGES="${STAGES:-tests profile train_h train_l train_s compile_s compile_h compile_ro sampling sampler mixer}"
 LOG="$OUT/suite.log"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
@@ -106,6 +107,9 @@ stage compile_ro 150 "${TRAIN[@]}" --models dim_s2 --batch 128 --variants eager,
 stage sampling 75 "$PYTHON" benchmarks/bench_sampling.py "${QUICK_ARGS[@]}" "${GRAPHS[@]}" --warmup 1 --reps 3 \
     --models "${SAMPLING_MODELS:-dim_h2,uvit_h2}" --batches "${SAMPLING_BATCHES:-1,8}" \
     --max-nfe-seconds 3 --out "$OUT/sampling.json"
+
+stage sampler 120 "$PYTHON" benchmarks/bench_sampler.py "${QUICK_ARGS[@]}" --models dim_h2,uvit_h2 --batches 1,25 \
+    --out "$OUT/sampler.json"
 
 stage mixer 30 "$PYTHON" benchmarks/bench_mixer.py "${QUICK_ARGS[@]}" --out "$OUT/bench_mixer.json"
 
