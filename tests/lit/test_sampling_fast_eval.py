@@ -42,7 +42,8 @@ def test_bf16_precision_runs_the_network_under_autocast_and_stays_close_to_fp32(
     bf16 = _draw(sampler, precision="bf16")
     assert bf16.dtype == torch.float32
     assert not torch.equal(bf16, fp32), "bf16 autocast changed nothing: it was not applied"
-    assert (bf16 - fp32).abs().mean() < 0.02  # rounding, not a different sampler (single pixels may move more)
+    # rounding, not a different sampler (single pixels may move more)
+    assert (bf16 - fp32).abs().mean() < 0.02
 
 
 def test_with_precision_returns_fp32_and_rejects_unknown_precisions():
