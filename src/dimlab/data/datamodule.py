@@ -10,12 +10,14 @@ in it; after ``load_state_dict()`` the next epoch iteration yields exactly the b
 would have yielded next, provided seed, shards, batch size, world size, num_workers and samples_per_epoch
 are unchanged, the trainer does not cut epochs short (``limit_train_batches``), and no sample among the
 already-consumed part of the epoch was skipped as corrupt (a skip there shifts the batch boundaries).
+That includes checkpoints written at the end of an epoch (see :class:`ResumableTrainLoader`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,15 +55,36 @@ class ResumableTrainLoader:
     Every new iteration starts the next epoch, except the first one after construction or after
     ``load_state_dict``, which continues the stored epoch after its consumed batches. Lightning sees
     ``len()``, so it neither prefetches past the epoch end nor asks for more batches than the epoch has.
+
+    The one exception is a trainer that has already run a whole epoch's batches in its current epoch, which
+    gets none. Lightning 2.6 gets there when it resumes an iteration-based run (``max_steps``) from a
+    checkpoint written after the last batch of an epoch but before the next one began (in
+    ``on_train_epoch_end``, e.g. ``ModelCheckpoint(every_n_epochs=...)``, or by ``trainer.save_checkpoint``
+    after ``fit`` stopped at ``max_steps`` on an epoch boundary): it re-enters the finished epoch with its
+    batch count restored and still asks for one more batch, which it would train as an extra batch of that
+    epoch, so that the next epoch started one batch late, with shifted batch indices and accumulation groups.
+    Handed nothing, the trainer closes that epoch, and the next iteration starts the next epoch at its first
+    batch, with its own shuffle and the batch indices of an uninterrupted run.
     """
 
-    def __init__(self, loader: wds.WebLoader, position: StreamPosition, start: SharedEpochStart, length: int):
+    def __init__(
+        self,
+        loader: wds.WebLoader,
+        position: StreamPosition,
+        start: SharedEpochStart,
+        length: int,
+        trainer_batches_in_epoch: Callable[[], int | None] = lambda: None,
+    ):
         self.loader, self.position, self.start, self.length = loader, position, start, length
+        self.trainer_batches_in_epoch = trainer_batches_in_epoch
 
     def __len__(self) -> int:
         return self.length
 
     def __iter__(self):
+        already_run = self.trainer_batches_in_epoch()
+        if already_run is not None and already_run >= self.length:
+            return  # the trainer re-entered an epoch it has finished
         position = self.position
         if position.started or position.batches >= self.length:
             position.epoch, position.batches = position.epoch + 1, 0
@@ -259,7 +282,20 @@ class ShardDataModule(L.LightningDataModule):
             start=self._start,
             handler=self._skipped,
         )
-        return ResumableTrainLoader(self._loader(stream), self.position, self._start, self.batches_per_epoch)
+        return ResumableTrainLoader(
+            self._loader(stream),
+            self.position,
+            self._start,
+            self.batches_per_epoch,
+            self._trainer_batches_in_epoch,
+        )
+
+    def _trainer_batches_in_epoch(self) -> int | None:
+        """Training batches the trainer has fetched in its current epoch (None outside ``fit``)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        return trainer.fit_loop.batch_idx + 1
 
     def val_dataloader(self) -> wds.WebLoader | list:
         """Every validation sample once per pass over all ranks (no flips); ``[]`` without ``val_shards``."""
