@@ -53,7 +53,7 @@ class PreemptionCheckpoint(L.Callback):
     """On a termination signal, save ``last.ckpt`` at the next optimizer-step boundary and stop training cleanly.
 
     The signal handler only records the signal. At the end of the next batch that completed an optimizer step
-    (and is not the last batch of an epoch, whose checkpoint would not resume onto the same data), the ranks agree (any rank that saw a signal is enough, since a launcher may signal only rank 0), every rank
+    (the last batch of an epoch included), the ranks agree (any rank that saw a signal is enough, since a launcher may signal only rank 0), every rank
     calls ``trainer.save_checkpoint`` on ``<checkpoint dir>/last.ckpt`` (the folder of the first
     ``ModelCheckpoint``, where ``--ckpt_path=last`` looks), and ``trainer.should_stop`` ends the run. The
     checkpoint holds the weights, EMA, optimizer, loop counters and the DataModule's stream position, so
@@ -159,9 +159,7 @@ class PreemptionCheckpoint(L.Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        # The last batch of an epoch is left out: a checkpoint taken there does not resume onto the same data
-        # stream (Lightning re-enters the finished epoch), so the save waits one step, into the next epoch.
-        if not self._active or trainer.is_last_batch or (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if not self._active or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
