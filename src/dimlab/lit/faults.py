@@ -159,7 +159,7 @@ class PreemptionCheckpoint(L.Callback):
         return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        if not self._active or (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if not self._active or not _at_step_boundary(trainer, batch_idx):
             return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
