@@ -22,7 +22,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import synchronize  # noqa: E402 - shared helpers beside this script
-from bench_train import ResultLog, device_name, free_memory, run_metadata  # noqa: E402
+from bench_train import (  # noqa: E402
+    QUICK_OVERRIDES,
+    ResultLog,
+    device_and_models,
+    device_name,
+    free_memory,
+    run_metadata,
+)
 from dimlab.lit.sampling import Sampler
 from dimlab.models.presets import build_backbone
 
@@ -32,10 +39,6 @@ MODELS = {
     "uvit_h2": ("uvit_h2", (4, 32, 32)),
     "dim_s2": ("dim_s2", (3, 32, 32)),
 }
-QUICK = {
-    "dim": dict(input_size=8, hidden_size=32, depth=3, d_state=4),
-    "uvit": dict(input_size=8, hidden_size=32, depth=3, num_heads=2),
-}
 #: (label, precision, cuda_graphs)
 SETTINGS = (("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16+graphs", "bf16", True))
 
@@ -43,7 +46,7 @@ SETTINGS = (("fp32", "fp32", False), ("bf16", "bf16", False), ("bf16+graphs", "b
 def build_sampler(name: str, device: torch.device, quick: bool) -> Sampler:
     """A Sampler over a randomly initialised backbone (head perturbed: the released init zeroes it)."""
     preset, shape = MODELS[name]
-    overrides = dict(QUICK["dim" if preset.startswith("dim") else "uvit"]) if quick else {}
+    overrides = dict(QUICK_OVERRIDES["dim" if preset.startswith("dim") else "uvit"]) if quick else {}
     if quick:
         shape = (shape[0], 8, 8)
     torch.manual_seed(0)
@@ -112,12 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_sampler: --device cuda but no CUDA device is visible; use --device cpu --quick")
-    models = [m for m in args.models.split(",") if m]
-    if unknown := [m for m in models if m not in MODELS]:
-        sys.exit(f"bench_sampler: unknown --models {unknown}; expected some of {list(MODELS)}")
+    device, models = device_and_models(args, "bench_sampler", known=MODELS)
     wanted = set(args.settings.split(","))
     if unknown := wanted - {s[0] for s in SETTINGS}:
         sys.exit(f"bench_sampler: unknown --settings {sorted(unknown)}")

@@ -457,15 +457,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def device_and_models(args: argparse.Namespace, script: str) -> tuple[torch.device, list[str]]:
-    """The ``--device`` (exits if CUDA is asked for but absent) and the ``--models`` list (exits on unknown names)."""
+def device_and_models(args: argparse.Namespace, script: str, known=MODELS) -> tuple[torch.device, list[str]]:
+    """The ``--device`` (exits if CUDA is asked for but absent) and the ``--models`` list (exits on names not in
+    ``known``)."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit(f"{script}: --device cuda but no CUDA device is visible; use --device cpu --quick")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in known]
     if unknown:
-        sys.exit(f"{script}: unknown --models {unknown}; expected some of {list(MODELS)}")
+        sys.exit(f"{script}: unknown --models {unknown}; expected some of {list(known)}")
     return device, models
 
 
