@@ -116,38 +116,17 @@ def test_resume_is_exact(tmp_path):
     """N steps straight == N/2 steps + resume from the mid-run checkpoint + N/2 steps (shard data position too)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dimlab.data.datamodule import ShardDataModule
     from dimlab.data.digits import write_digits_shards
-    from tiny_models import tiny_dim
+    from tiny_models import digits8_data, tiny_dim, tiny_trainer
 
     write_digits_shards(tmp_path / "digits", size=8, shard_size=100)
 
     def run(max_steps, root, ckpt_path=None):
         L.seed_everything(0)
         module = _module(tiny_dim(num_classes=10), warmup_steps=3)
-        data = ShardDataModule(
-            str(tmp_path / "digits"),
-            resolution=8,
-            num_classes=10,
-            channels=1,
-            batch_size=8,
-            num_workers=0,
-            samples_per_epoch=48,
-            shuffle_buffer=50,
-            seed=3,
-        )
+        data = digits8_data(tmp_path / "digits", samples_per_epoch=48, shuffle_buffer=50, seed=3)
         ckpt = ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=4, save_top_k=-1)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=max_steps,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=str(root),
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=[ckpt],
-        )
+        trainer = tiny_trainer(root, max_steps, enable_checkpointing=True, callbacks=[ckpt])
         trainer.fit(module, data, ckpt_path=ckpt_path)
         return module
 
@@ -193,22 +172,11 @@ def test_run_summary_reports_throughput_for_fresh_and_resumed_runs(blob_data, tm
     import json
 
     from dimlab.lit.callbacks import RunSummary
-    from tiny_models import tiny_uvit
+    from tiny_models import tiny_trainer, tiny_uvit
 
     def run(max_steps, ckpt_path=None):
         module = _module(tiny_uvit())
-        trainer = L.Trainer(
-            accelerator="cpu",
-            max_steps=max_steps,
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=str(tmp_path),
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            enable_checkpointing=False,
-            callbacks=[RunSummary(skip_steps=2)],
-        )
+        trainer = tiny_trainer(tmp_path, max_steps, callbacks=[RunSummary(skip_steps=2)])
         trainer.fit(module, blob_data(n=32, batch_size=8), ckpt_path=ckpt_path)
         return trainer, json.loads((tmp_path / "summary.json").read_text())
 

@@ -15,7 +15,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from dimlab.data.datamodule import ShardDataModule
 from dimlab.data.digits import write_digits_shards
 from dimlab.lit.module import DiffusionModule
 
@@ -41,7 +40,7 @@ def digits(tmp_path_factory):
 
 
 def _fit(digits, root, stop, num_workers, accumulate, ckpt_path=None, epochs=2):
-    from tiny_models import tiny_dim
+    from tiny_models import digits8_data, tiny_dim, tiny_trainer
 
     L.seed_everything(0)
     module = DiffusionModule(
@@ -53,16 +52,8 @@ def _fit(digits, root, stop, num_workers, accumulate, ckpt_path=None, epochs=2):
         ema_decay=0.9,
         adam_eps=1e-8,
     )
-    data = ShardDataModule(
-        str(digits),
-        resolution=8,
-        num_classes=10,
-        channels=1,
-        batch_size=8,
-        num_workers=num_workers,
-        samples_per_epoch=8 * BATCHES_PER_EPOCH,
-        shuffle_buffer=20,
-        seed=5,
+    data = digits8_data(
+        digits, num_workers=num_workers, samples_per_epoch=8 * BATCHES_PER_EPOCH, shuffle_buffer=20, seed=5
     )
     log = BatchLog()
     # every_n_epochs with no validation: ModelCheckpoint saves in on_train_epoch_end
@@ -70,16 +61,11 @@ def _fit(digits, root, stop, num_workers, accumulate, ckpt_path=None, epochs=2):
         dirpath=str(root), filename="{epoch}-{step}", every_n_epochs=1, save_top_k=-1, save_last=True
     )
     steps = epochs * BATCHES_PER_EPOCH // accumulate
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        **({"max_steps": steps} if stop == "max_steps" else {"max_epochs": epochs}),
+    trainer = tiny_trainer(
+        root,
+        **({"max_steps": steps} if stop == "max_steps" else {"max_steps": -1, "max_epochs": epochs}),
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+        enable_checkpointing=True,
         callbacks=[checkpoint, log],
     )
     trainer.fit(module, data, ckpt_path=ckpt_path)

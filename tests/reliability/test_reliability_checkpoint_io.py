@@ -9,12 +9,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from reliability_cli import fit_args
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dimlab.cli import DimlabCLI
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
 from dimlab.lit.module import DiffusionModule
-from tiny_models import tiny_dim, tiny_trainer
+from tiny_models import TinyImages, tiny_dim, tiny_trainer
 
 
 def _torch_save_that_dies_after(nbytes: int):
@@ -55,18 +55,6 @@ def test_dimlab_cli_installs_the_atomic_checkpoint_io(digits8, tmp_path):
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
-class _Blobs(Dataset):
-    def __init__(self, n: int = 64):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 1, 8, 8, generator=g).clamp(-1, 1)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": torch.tensor(i % 4)}
-
-
 class _CrashAt(L.Callback):
     def __init__(self, step: int):
         self.step = step
@@ -99,7 +87,7 @@ def _fit(root, max_steps, callbacks=(), ckpt_path=None):
             *callbacks,
         ],
     )
-    trainer.fit(module, DataLoader(_Blobs(), batch_size=4), ckpt_path=ckpt_path)
+    trainer.fit(module, DataLoader(TinyImages(64), batch_size=4), ckpt_path=ckpt_path)
     return trainer
 
 

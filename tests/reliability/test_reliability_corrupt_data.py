@@ -11,10 +11,9 @@ import tarfile
 import lightning as L
 import torch
 
-from dimlab.data.datamodule import ShardDataModule
 from dimlab.lit.faults import SkippedSampleMonitor
 from dimlab.lit.module import DiffusionModule
-from tiny_models import tiny_dim, tiny_trainer
+from tiny_models import digits8_data, tiny_dim, tiny_trainer
 
 
 def _corrupt_first_png(shard) -> str:
@@ -40,16 +39,7 @@ def test_corrupt_training_sample_is_skipped_counted_and_logged(digits8, tmp_path
 
     L.seed_everything(0)
     module = DiffusionModule(tiny_dim(num_classes=10), schedule="vp_sde", warmup_steps=0)
-    data = ShardDataModule(
-        str(data_dir),
-        resolution=8,
-        num_classes=10,
-        channels=1,
-        batch_size=8,
-        num_workers=0,
-        samples_per_epoch=64,
-        shuffle_buffer=20,
-    )
+    data = digits8_data(data_dir, samples_per_epoch=64, shuffle_buffer=20)
     trainer = tiny_trainer(tmp_path, max_steps=4, log_every_n_steps=1, callbacks=[SkippedSampleMonitor()])
     with caplog.at_level(logging.WARNING, logger="dimlab.data"):
         trainer.fit(module, data)

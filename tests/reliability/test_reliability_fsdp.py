@@ -17,11 +17,11 @@ import torch
 import yaml
 from lightning.pytorch.strategies import FSDPStrategy
 from reliability_cli import REPO, dimlab_fit, load_checkpoint
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.dim import DiMBlock
-from tiny_models import tiny_dim
+from tiny_models import TinyImages, tiny_dim
 
 OVERLAY = REPO / "experiments" / "overlays" / "fsdp.yaml"
 
@@ -124,18 +124,6 @@ def test_fsdp_resume_is_exact_and_fsdp_matches_ddp(digits8, tmp_path):
         assert diff.max() < bound and diff.mean() < bound / 100, (diff.max(), diff.mean())
 
 
-class _Images(Dataset):
-    def __init__(self, n: int = 32):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 1, 8, 8, generator=g).clamp(-1, 1)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"x": self.x[i], "y": torch.tensor(i % 4)}
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fsdp_one_gpu_trains_updates_the_whole_ema_and_checkpoints(tmp_path):
@@ -157,7 +145,7 @@ def test_fsdp_one_gpu_trains_updates_the_whole_ema_and_checkpoints(tmp_path):
         enable_progress_bar=False,
         default_root_dir=str(tmp_path),
     )
-    trainer.fit(module, DataLoader(_Images(), batch_size=4))
+    trainer.fit(module, DataLoader(TinyImages(), batch_size=4))
     root = trainer.strategy.model
     assert isinstance(root, FullyShardedDataParallel)
     assert any(isinstance(m, FullyShardedDataParallel) for m in module.backbone.modules())
@@ -192,7 +180,7 @@ def test_fsdp_one_gpu_trains_updates_the_whole_ema_and_checkpoints(tmp_path):
         enable_progress_bar=False,
         default_root_dir=str(tmp_path),
     )
-    trainer.fit(resumed, DataLoader(_Images(), batch_size=4), ckpt_path=str(path))
+    trainer.fit(resumed, DataLoader(TinyImages(), batch_size=4), ckpt_path=str(path))
     assert trainer.global_step == 5
 
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from dimlab.data.datamodule import ShardDataModule
 from dimlab.lit.faults import PreemptionCheckpoint
 from dimlab.lit.module import DiffusionModule
-from tiny_models import tiny_dim
+from tiny_models import digits8_data, tiny_dim, tiny_trainer
 
 PREEMPTIBLE = (
     "--checkpoint.every_n_train_steps=2",
@@ -42,26 +41,12 @@ def _fit(
     module = DiffusionModule(
         tiny_dim(num_classes=10), schedule="vp_sde", lr=1e-3, warmup_steps=3, ema_decay=0.9, adam_eps=1e-8
     )
-    data = ShardDataModule(
-        str(digits),
-        resolution=8,
-        num_classes=10,
-        channels=1,
-        batch_size=8,
-        num_workers=0,
-        samples_per_epoch=48,  # 6 batches per epoch: the runs below cross an epoch boundary
-        shuffle_buffer=50,
-        seed=3,
-    )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(root),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
+    # 6 batches per epoch: the runs below cross an epoch boundary
+    data = digits8_data(digits, samples_per_epoch=48, shuffle_buffer=50, seed=3)
+    trainer = tiny_trainer(
+        root,
+        max_steps,
+        enable_checkpointing=True,
         callbacks=[ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True), *callbacks],
     )
     trainer.fit(module, data, ckpt_path=ckpt_path)
