@@ -53,8 +53,9 @@ class PreemptionCheckpoint(L.Callback):
     """On a termination signal, save ``last.ckpt`` at the next optimizer-step boundary and stop training cleanly.
 
     The signal handler only records the signal. At the end of the next batch that completed an optimizer step
-    (the last batch of an epoch included), the ranks agree (any rank that saw a signal is enough, since a launcher may signal only rank 0), every rank
-    calls ``trainer.save_checkpoint`` on ``<checkpoint dir>/last.ckpt`` (the folder of the first
+    (the last batch of an epoch included), the ranks agree (any rank that saw a signal is enough, since a
+    launcher may signal only rank 0), every rank calls ``trainer.save_checkpoint`` on
+    ``<checkpoint dir>/last.ckpt`` (the folder of the first
     ``ModelCheckpoint``, where ``--ckpt_path=last`` looks), and ``trainer.should_stop`` ends the run. The
     checkpoint holds the weights, EMA, optimizer, loop counters and the DataModule's stream position, so
     ``dimlab fit ... --ckpt_path=last`` resumes at the same step with the same next batch.
