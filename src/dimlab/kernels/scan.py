@@ -1,0 +1,433 @@
+"""Launchers and autograd of the Triton selective scan, registered as ``torch.library`` custom ops.
+
+:func:`selective_scan` is mamba-ssm's ``selective_scan_fn`` maths on channel-last tensors::
+
+    u, delta, z : (batch, L, E)        any strides (the halves of an in_proj output work as they are)
+    A           : (E, N) real           B, C : (batch, L, N)        D, delta_bias : (E,)
+
+It returns ``out`` (batch, L, E) in u's dtype. The state is fp32 whatever the input dtype (bf16, fp16, fp32).
+Gradients flow to every input. The ops ``dimlab::selective_scan_fwd`` / ``dimlab::selective_scan_bwd`` have fake
+implementations, so ``torch.compile`` traces through them without graph breaks.
+
+Memory: for the backward the forward keeps the state entering every ``T_SAVE``-th step, fp32:
+``batch * ceil(L / T_SAVE) * N * E * 4`` bytes (T_SAVE = 64: 1 byte per (token, channel) at N = 16), besides the
+inputs. mamba-ssm keeps one state per 2048 steps but also needs (batch, E, L) copies of its inputs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from dimlab.kernels.scan_kernels import (
+    LOG2E,
+    scan_bwd_kernel,
+    scan_bwd_lambda_kernel,
+    scan_carry_kernel,
+    scan_fwd_kernel,
+)
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Launch parameters of the scan kernels (the defaults were chosen on an H200; see benchmarks/RESULTS.md).
+
+    fwd_warps: warps per forward program (one channel per thread, so 32 * fwd_warps channels per program).
+    t_save: steps between the states the forward keeps for the backward (memory: 4 * N / t_save bytes per
+        (token, channel)). t_sub: steps whose states the backward holds in registers at once (t_save must be a
+        multiple of it). target_warps_per_sm: below this many warps per SM the sequence is split into segments
+        that run in parallel (costs a second pass). min_segment: the shortest segment worth splitting off.
+    """
+
+    fwd_warps: int = 4
+    t_save: int = 64
+    t_sub: int = 8
+    target_warps_per_sm: int = 16
+    min_segment: int = 128
+
+    def __post_init__(self) -> None:
+        if self.t_save % self.t_sub or self.t_sub < 1:
+            raise ValueError(f"ScanConfig: t_save ({self.t_save}) must be a multiple of t_sub ({self.t_sub})")
+        if self.fwd_warps not in (1, 2, 4, 8):
+            raise ValueError(f"ScanConfig: fwd_warps must be 1, 2, 4 or 8, got {self.fwd_warps}")
+
+
+_config = ScanConfig()
+
+
+def set_scan_config(config: ScanConfig) -> ScanConfig:
+    """Replace the launch parameters used by every later call (benchmarks); returns the previous ones."""
+    global _config
+    previous, _config = _config, config
+    return previous
+
+
+def get_scan_config() -> ScanConfig:
+    """The launch parameters in use."""
+    return _config
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: small, so that CPU tests exercise the split path on tiny shapes
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def num_segments(batch: int, dim: int, length: int, device: torch.device, training: bool) -> int:
+    """How many time segments to scan in parallel: 1 unless batch * channels leaves the GPU mostly idle."""
+    cfg = _config
+    warps = batch * math.ceil(dim / 32)
+    target = cfg.target_warps_per_sm * _num_sms(device)
+    if warps * 2 > target:
+        return 1
+    unit = cfg.t_save if training else 1
+    longest = max(1, length // max(cfg.min_segment, unit))
+    return max(1, min(math.ceil(target / warps), longest))
+
+
+def _segment_length(length: int, segments: int, unit: int) -> int:
+    """Steps per segment: a multiple of ``unit`` (the state-saving stride when training)."""
+    return math.ceil(math.ceil(length / segments) / unit) * unit
+
+
+def _row_vector_width(n: int, dtype: torch.dtype, stride: int) -> int:
+    """How many B/C values one tile load reads (16 bytes when the layout allows, else 1)."""
+    if stride != 1:
+        return 1
+    width = 16 // torch.empty((), dtype=dtype).element_size()
+    while n % width:
+        width //= 2
+    return width
+
+
+def _pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Raise a one-line ValueError naming the argument whose shape, dtype or device is unsupported."""
+    if u.dim() != 3:
+        raise ValueError(
+            f"selective_scan (triton): u must be (batch, L, d_inner), got shape {tuple(u.shape)}"
+        )
+    batch, length, dim = u.shape
+    if A.is_complex():
+        raise ValueError("selective_scan (triton): complex A is not supported (only real A, as DiM uses)")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan (triton): A must be (d_inner={dim}, d_state), got {tuple(A.shape)}")
+    n = A.shape[1]
+    expected = {
+        "delta": (delta, (batch, length, dim)),
+        "B": (B, (batch, length, n)),
+        "C": (C, (batch, length, n)),
+    }
+    if z is not None:
+        expected["z"] = (z, (batch, length, dim))
+    if D is not None:
+        expected["D"] = (D, (dim,))
+    if delta_bias is not None:
+        expected["delta_bias"] = (delta_bias, (dim,))
+    expected["u"] = (u, (batch, length, dim))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(
+                f"selective_scan (triton): {name} must have shape {shape}, got {tuple(tensor.shape)}"
+            )
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(
+                f"selective_scan (triton): {name} has dtype {tensor.dtype}; supported: float32, bfloat16, float16"
+            )
+        if tensor.device != u.device:
+            raise ValueError(f"selective_scan (triton): {name} is on {tensor.device}, u on {u.device}")
+    if length < 1 or batch < 1 or dim < 1 or n < 1:
+        raise ValueError(
+            f"selective_scan (triton): empty input (batch {batch}, L {length}, d_inner {dim}, N {n})"
+        )
+    if u.device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"selective_scan (triton): tensors are on {u.device}; the Triton kernels need a CUDA device "
+            "(or TRITON_INTERPRET=1 to run them on the CPU for testing)"
+        )
+
+
+def _a2t(A: torch.Tensor) -> torch.Tensor:
+    """A * log2(e) as (N, E) fp32: what the kernels read (a decay is then one exp2)."""
+    return (A.float() * LOG2E).t().contiguous()
+
+
+def _strides3(t: torch.Tensor | None, like: torch.Tensor) -> tuple[int, int, int]:
+    return tuple((t if t is not None else like).stride())
+
+
+def _empty(device) -> torch.Tensor:
+    return torch.empty(0, device=device, dtype=torch.float32)
+
+
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_states: bool):
+    """The forward pass: ``(out, states)``; ``states`` is empty unless ``save_states`` (for the backward)."""
+    cfg = _config
+    batch, length, dim = u.shape
+    n = A.shape[1]
+    dev = u.device
+    a2t = _a2t(A)
+    out = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
+    n_chunks = math.ceil(length / cfg.t_save)
+    states = (
+        torch.empty((batch, n_chunks, n, dim), device=dev, dtype=torch.float32)
+        if save_states
+        else _empty(dev)
+    )
+    segments = num_segments(batch, dim, length, dev, training=save_states)
+    seg_len = _segment_length(length, segments, cfg.t_save if save_states else 1)
+    segments = math.ceil(length / seg_len)
+    block = 32 * cfg.fwd_warps
+    grid = (batch, triton.cdiv(dim, block), segments)
+    dummy = a2t
+    common = dict(
+        N=n,
+        BE=block,
+        NV=min(_row_vector_width(n, B.dtype, B.stride(2)), _row_vector_width(n, C.dtype, C.stride(2))),
+        T_SAVE=cfg.t_save,
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(softplus),
+        num_warps=cfg.fwd_warps,
+    )
+    d_f = D.float().contiguous() if D is not None else dummy
+    bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
+    z_t = z if z is not None else u
+    strides = (*u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides3(z, u), *out.stride()[:2])
+    hinit = dummy
+    if segments > 1:
+        hfin = torch.empty((batch, segments, n, dim), device=dev, dtype=torch.float32)
+        dtsum = torch.empty((batch, segments, dim), device=dev, dtype=torch.float32)
+        scan_fwd_kernel[grid](
+            u, delta, a2t, B, C, d_f, z_t, bias_f, out, dummy, dummy, hfin, dtsum,
+            length, dim, seg_len, n_chunks, *strides,
+            HAS_INIT=False, SAVE=False, STATE_ONLY=True, **common,
+        )  # fmt: skip
+        hinit = torch.empty_like(hfin)
+        scan_carry_kernel[(batch, triton.cdiv(dim, 32))](
+            hfin, dtsum, a2t, hinit, dim, segments, N=n, BE=32, REVERSE=False, num_warps=1
+        )
+    scan_fwd_kernel[grid](
+        u, delta, a2t, B, C, d_f, z_t, bias_f, out, hinit, states, dummy, dummy,
+        length, dim, seg_len, n_chunks, *strides,
+        HAS_INIT=segments > 1, SAVE=save_states, STATE_ONLY=False, **common,
+    )  # fmt: skip
+    return out, states
+
+
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, grad_out, write_y: bool):
+    """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, y)``; absent inputs give empty tensors.
+
+    ``y`` is the forward output recomputed (empty unless ``write_y``): a caller that did not keep it can form
+    an output projection's weight gradient from it.
+    """
+    cfg = _config
+    batch, length, dim = u.shape
+    n = A.shape[1]
+    dev = u.device
+    a2t = _a2t(A)
+    dummy = a2t
+    n_chunks = math.ceil(length / cfg.t_save)
+    segments = num_segments(batch, dim, length, dev, training=True)
+    seg_len = _segment_length(length, segments, cfg.t_save)
+    segments = math.ceil(length / seg_len)
+    n_eb = triton.cdiv(dim, 32)
+    grid = (batch, n_eb, segments)
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    d_f = D.float().contiguous() if D is not None else dummy
+    bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
+    z_t = z if z is not None else u
+    nv = min(_row_vector_width(n, B.dtype, B.stride(2)), _row_vector_width(n, C.dtype, C.stride(2)))
+    flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
+    lamin = dummy
+    if segments > 1:
+        mu = torch.empty((batch, segments, n, dim), device=dev, dtype=torch.float32)
+        dtsum = torch.empty((batch, segments, dim), device=dev, dtype=torch.float32)
+        scan_bwd_lambda_kernel[grid](
+            delta, a2t, C, z_t, bias_f, grad_out, mu, dtsum, length, dim, seg_len,
+            *delta.stride(), *C.stride(), *_strides3(z, u), *grad_out.stride(),
+            N=n, BE=32, NV=nv, num_warps=1, **flags,
+        )  # fmt: skip
+        lamin = torch.empty_like(mu)
+        scan_carry_kernel[(batch, n_eb)](
+            mu, dtsum, a2t, lamin, dim, segments, N=n, BE=32, REVERSE=True, num_warps=1
+        )
+    du = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
+    ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
+    dz = torch.empty((batch, length, dim), device=dev, dtype=z.dtype) if z is not None else _empty(dev)
+    y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype) if write_y else _empty(dev)
+    db_part = torch.empty((batch, n_eb, length, n), device=dev, dtype=torch.float32)
+    dc_part = torch.empty_like(db_part)
+    da_part = torch.empty((batch * segments, n, dim), device=dev, dtype=torch.float32)
+    dd_part = torch.empty((batch * segments, dim), device=dev, dtype=torch.float32)
+    dbias_part = torch.empty_like(dd_part)
+    nsub = cfg.t_save // cfg.t_sub
+    scratch = (
+        torch.empty(batch * n_eb * segments * nsub * n * 32, device=dev, dtype=torch.float32)
+        if nsub > 1
+        else dummy
+    )
+    p = _pow2(n)
+    dup = (1 << (5 - min(p.bit_length() - 1, 5))) - 1
+    scan_bwd_kernel[grid](
+        u, delta, a2t, B, C, d_f, z_t, bias_f, grad_out, states, lamin, scratch,
+        du, ddelta, dz if z is not None else du, y if write_y else du, db_part, dc_part, da_part, dd_part, dbias_part,
+        length, dim, seg_len, n_chunks,
+        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides3(z, u), *grad_out.stride(),
+        N=n, P=p, K=max(1, p // 32), DUP=dup, NV=nv, T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
+        HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
+    )  # fmt: skip
+    dA = da_part.sum(0).t().to(A.dtype)
+    dB = db_part.sum(1).to(B.dtype)
+    dC = dc_part.sum(1).to(C.dtype)
+    dD = dd_part.sum(0).to(D.dtype) if D is not None else _empty(dev)
+    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else _empty(dev)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, y
+
+
+# ------------------------------------------------------------------------------------------------ custom ops
+
+
+@torch.library.custom_op("dimlab::selective_scan_fwd", mutates_args=())
+def _scan_fwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    save_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_states)
+
+
+@_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, save_states):
+    batch, length, dim = u.shape
+    out = u.new_empty((batch, length, dim))
+    if save_states:
+        states = u.new_empty(
+            (batch, math.ceil(length / _config.t_save), A.shape[1], dim), dtype=torch.float32
+        )
+    else:
+        states = u.new_empty((0,), dtype=torch.float32)
+    return out, states
+
+
+@torch.library.custom_op("dimlab::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    softplus: bool,
+    states: torch.Tensor,
+    grad_out: torch.Tensor,
+    write_y: bool,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
+    return scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus, states, grad_out, write_y)
+
+
+@_scan_bwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, softplus, states, grad_out, write_y):
+    empty = u.new_empty((0,), dtype=torch.float32)
+    shape = tuple(u.shape)
+    return (
+        u.new_empty(shape),
+        delta.new_empty(shape),
+        A.new_empty(tuple(A.shape)),
+        B.new_empty(tuple(B.shape)),
+        C.new_empty(tuple(C.shape)),
+        D.new_empty(tuple(D.shape)) if D is not None else empty,
+        z.new_empty(shape) if z is not None else empty,
+        delta_bias.new_empty(tuple(delta_bias.shape)) if delta_bias is not None else empty,
+        u.new_empty(shape) if write_y else empty,
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, softplus, save_states = inputs
+    if not save_states:
+        raise RuntimeError("dimlab::selective_scan_fwd was called with save_states=False under autograd")
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
+    ctx.softplus = softplus
+
+
+def _backward(ctx, grad_out, _grad_states):
+    u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+    du, ddelta, dA, dB, dC, dD, dz, dbias, _y = _scan_bwd_op(
+        u, delta, A, B, C, D, z, delta_bias, ctx.softplus, states, grad_out, False
+    )
+    return (
+        du,
+        ddelta,
+        dA,
+        dB,
+        dC,
+        dD if D is not None else None,
+        dz if z is not None else None,
+        dbias if delta_bias is not None else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("dimlab::selective_scan_fwd", _backward, setup_context=_setup_context)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+) -> torch.Tensor:
+    """Channel-last selective scan on the Triton kernels; see the module docstring for shapes and maths."""
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
+    )
+    out, _states = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), needs_grad)
+    return out

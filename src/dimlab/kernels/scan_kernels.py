@@ -1,0 +1,497 @@
+"""Triton kernels of the channel-last selective scan (Mamba-1 recurrence, real A, fp32 state).
+
+Layout: every tensor is (batch, L, channels) with any strides; one program owns one batch row, a block of
+``BE`` channels and one time segment. Each thread holds one channel and all N states of it as a tuple of N
+``[BE]`` vectors (the n-loops are unrolled at compile time), so sums over n stay in registers and B_t / C_t
+are loaded once per step for all channels of the program (16-byte tile loads, see :func:`_load_row`).
+
+Recurrence (per channel e and state n), with dt = softplus(delta + bias) (mamba-ssm's threshold 20)::
+
+    h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t,   y_t = <C_t, h_t> + D u_t,   out_t = y_t silu(z_t)
+
+The kernels take ``A2 = A * log2(e)`` transposed to (N, E), so a decay is one ``exp2``.
+
+Forward (:func:`scan_fwd_kernel`) walks its segment step by step and, for training, stores the state entering
+every ``T_SAVE``-th step (``states``, (B, L/T_SAVE, N, E) fp32). With ``STATE_ONLY`` it only returns the
+segment's final state from a zero start and its summed dt (pass 1 of the split scan used when batch x channels
+is too small to fill the GPU; :func:`scan_carry_kernel` then chains the segments).
+
+Backward (:func:`scan_bwd_kernel`) walks the chunks of ``T_SAVE`` steps in reverse. For each it recomputes the
+states at every ``T_SUB``-th step into a per-program scratch buffer (level 1), then for each sub-chunk, last
+first, recomputes its ``T_SUB`` states into registers and runs the adjoint recurrence backwards over them
+(level 2)::
+
+    lam_t = C_t gy_t + exp(dt_{t+1} A) lam_{t+1},          gy = g * silu(z)
+    d(dt_t A) = lam_t * exp(dt_t A) h_{t-1} = lam_t * (h_t - dt_t u_t B_t)
+
+Sums over channels (dB, dC) are reduced across the warp with a reduce-scatter of lane shuffles
+(:func:`_warp_reduce_scatter`) and written as per-warp partials, summed afterwards (deterministic, no atomics).
+Sums over (batch, time) (dA, dD, d bias) are accumulated per program and written as partials too.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)  # a constexpr so that kernels may read it
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x), accurate for small x (Goldberg's trick: exact where 1 + x rounds to 1)."""
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / (u - 1.0)))
+
+
+@triton.jit
+def _softplus(x):
+    """mamba-ssm's softplus: x above 20, else log1p(exp(x))."""
+    return tl.where(x <= 20.0, _log1p(tl.exp(tl.minimum(x, 20.0))), x)
+
+
+@triton.jit
+def _softplus_grad(x):
+    """d softplus / dx with the same threshold: sigmoid(x), or 1 above 20."""
+    return tl.where(x <= 20.0, 1.0 / (1.0 + tl.exp(-tl.minimum(x, 20.0))), 1.0)
+
+
+@triton.jit
+def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr):
+    """The N values ptr[n * stride_n] as a tuple of N fp32 [BE] vectors (equal in every lane).
+
+    Loaded as [BE, NV] tiles that every lane reads whole (one 16-byte load for NV = 8 bf16 values); the
+    column is then picked in registers. The pick works on the raw bits (an integer add of zeros folds away,
+    a float add of +0.0 would not) and the bits are widened to fp32 afterwards.
+    """
+    cols = tl.arange(0, NV)
+    out = ()
+    for g in tl.static_range(N // NV):
+        tile = tl.load(ptr + (g * NV + cols[None, :]) * stride_n + 0 * e[:, None], mask=mask, other=0.0)
+        if tile.dtype == tl.float32:
+            bits = tile.to(tl.int32, bitcast=True)
+        else:
+            bits = tile.to(tl.int16, bitcast=True)
+        for j in tl.static_range(NV):
+            v = tl.sum(tl.where(cols[None, :] == j, bits, 0), axis=1)
+            if tile.dtype == tl.float32:
+                val = v.to(tl.float32, bitcast=True)
+            elif tile.dtype == tl.bfloat16:
+                val = (v << 16).to(tl.float32, bitcast=True)
+            else:
+                val = v.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            out = out + (val,)
+    return out
+
+
+@triton.jit
+def _load_vec(ptr, mask):
+    """A [BE] vector as fp32."""
+    return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _zeros_tuple(BE: tl.constexpr, N: tl.constexpr):
+    out = ()
+    for _n in tl.static_range(N):
+        out = out + (tl.zeros([BE], tl.float32),)
+    return out
+
+
+@triton.jit
+def _load_state(ptr, E, e, mask, N: tl.constexpr):
+    """Tuple of N fp32 [BE] vectors from an (N, E) slab."""
+    out = ()
+    for n in tl.static_range(N):
+        out = out + (tl.load(ptr + n * E + e, mask=mask, other=0.0),)
+    return out
+
+
+@triton.jit
+def _store_state(ptr, E, e, mask, h, N: tl.constexpr):
+    """Store a tuple of N [BE] vectors to an (N, E) slab."""
+    for n in tl.static_range(N):
+        tl.store(ptr + n * E + e, h[n], mask=mask)
+
+
+@triton.jit
+def _step_dt(dr, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    if HAS_BIAS:
+        dr = dr + bias
+    if SOFTPLUS:
+        return _softplus(dr), dr
+    return dr, dr
+
+
+@triton.jit
+def _warp_reduce_scatter(vals, lane, P: tl.constexpr):
+    """Sum each of P [32] vectors over the 32 lanes of the warp, with P/2 + P/4 + ... shuffles, not 5 P.
+
+    ``vals`` holds P (a power of two) vectors of one value per lane. At each of the 5 butterfly levels the
+    tuple is halved while it has more than one entry: a lane keeps the half its lane bit selects and adds
+    the partner lane's copy of it; once one entry is left, partners just add. The result is a tuple of
+    max(1, P/32) vectors; lane l's entry i is the total of vals[i + base(l)] (:func:`_reduce_scatter_index`),
+    and lanes that differ only in the low 5 - log2(P) bits hold the same totals.
+    """
+    x = vals
+    for level in tl.static_range(5):
+        partner = lane ^ (16 >> level)
+        if (P >> level) > 1:
+            upper = (lane & (16 >> level)) != 0
+            nxt = ()
+            for i in tl.static_range(P >> (level + 1)):
+                send = tl.where(upper, x[i], x[i + (P >> (level + 1))])
+                keep = tl.where(upper, x[i + (P >> (level + 1))], x[i])
+                nxt = nxt + (keep + tl.gather(send, partner, 0),)
+            x = nxt
+        else:
+            x = (x[0] + tl.gather(x[0], partner, 0),)
+    return x
+
+
+@triton.jit
+def _reduce_scatter_index(lane, P: tl.constexpr):
+    """For :func:`_warp_reduce_scatter`: base(l), the index of lane l's first total."""
+    base = lane * 0
+    for level in tl.static_range(5):
+        if (P >> level) > 1:
+            base = base + tl.where((lane & (16 >> level)) != 0, P >> (level + 1), 0)
+    return base
+
+
+@triton.jit
+def _store_lane_sums(ptr, vals, lane, valid, N: tl.constexpr, P: tl.constexpr, K: tl.constexpr,
+                     DUP: tl.constexpr):  # fmt: skip
+    """Reduce N per-lane vectors over the warp and store total n at ptr[n], one lane each.
+
+    P: N rounded up to a power of two; K = max(1, P / 32) totals per lane; DUP: the low lane bits over which
+    totals repeat (2^(5 - log2 P) - 1, or 0). See :func:`_warp_reduce_scatter`.
+    """
+    padded = vals
+    for _i in tl.static_range(P - N):
+        padded = padded + (vals[0] * 0.0,)
+    sums = _warp_reduce_scatter(padded, lane, P)
+    base = _reduce_scatter_index(lane, P)
+    first = (lane & DUP) == 0
+    for i in tl.static_range(K):
+        n = base + i
+        tl.store(ptr + n, sums[i], mask=valid & first & (n < N))
+
+
+# ------------------------------------------------------------------------------------------------ forward
+
+
+@triton.jit
+def scan_fwd_kernel(
+    u_ptr, dl_ptr, a2_ptr, b_ptr, c_ptr, d_ptr, z_ptr, bias_ptr, out_ptr,
+    hinit_ptr, states_ptr, hfin_ptr, dtsum_ptr,
+    L, E, seg_len, n_chunks,
+    s_ub, s_ut, s_ue, s_db, s_dt, s_de, s_bb, s_bt, s_bn, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze, s_ob, s_ot,
+    N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE: tl.constexpr, STATE_ONLY: tl.constexpr,
+):  # fmt: skip
+    """One (batch row, channel block, segment): the scan over the segment (see the module docstring)."""
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_e = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    n_seg = tl.num_programs(2)
+    e = pid_e * BE + tl.arange(0, BE)
+    emask = e < E
+    a2 = _load_state(a2_ptr, E, e, emask, N)
+    seg_slab = (pid_b * n_seg + pid_s) * N * E
+    if HAS_INIT:
+        h = _load_state(hinit_ptr + seg_slab, E, e, emask, N)
+    else:
+        h = _zeros_tuple(BE, N)
+    bias = tl.load(bias_ptr + e, mask=emask, other=0.0) if HAS_BIAS else 0.0
+    d = tl.load(d_ptr + e, mask=emask, other=0.0) if HAS_D else 0.0
+    u_base = u_ptr + pid_b * s_ub + e * s_ue
+    dl_base = dl_ptr + pid_b * s_db + e * s_de
+    z_base = z_ptr + pid_b * s_zb + e * s_ze
+    o_base = out_ptr + pid_b * s_ob + e
+    b_base = b_ptr + pid_b * s_bb
+    c_base = c_ptr + pid_b * s_cb
+    t_lo = pid_s * seg_len
+    t_hi = tl.minimum(t_lo + seg_len, L)
+    dsum = tl.zeros([BE], tl.float32)
+    for t in range(t_lo, t_hi):
+        if SAVE:  # noqa: SIM102 - a constexpr test around a run-time one
+            if t % T_SAVE == 0:
+                _store_state(states_ptr + (pid_b * n_chunks + t // T_SAVE) * N * E, E, e, emask, h, N)
+        u = _load_vec(u_base + t * s_ut, emask)
+        dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, emask), bias, HAS_BIAS, SOFTPLUS)
+        brow = _load_row(b_base + t * s_bt, s_bn, e, emask[:, None], N, NV)
+        dtu = dt * u
+        hn = ()
+        if STATE_ONLY:
+            for n in tl.static_range(N):
+                hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
+            dsum += dt
+        else:
+            crow = _load_row(c_base + t * s_ct, s_cn, e, emask[:, None], N, NV)
+            y = d * u
+            for n in tl.static_range(N):
+                hh = tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n]
+                y += hh * crow[n]
+                hn = hn + (hh,)
+            if HAS_Z:
+                zz = _load_vec(z_base + t * s_zt, emask)
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(o_base + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=emask)
+        h = hn
+    if STATE_ONLY:
+        _store_state(hfin_ptr + seg_slab, E, e, emask, h, N)
+        tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * E + e, dsum, mask=emask)
+
+
+@triton.jit
+def scan_carry_kernel(
+    local_ptr, dtsum_ptr, a2_ptr, init_ptr, E, n_seg,
+    N: tl.constexpr, BE: tl.constexpr, REVERSE: tl.constexpr,
+):  # fmt: skip
+    """Chain the segments of a split scan: init[s] = decay(s') * init[s'] + local[s'] over s' before s.
+
+    Forward (``REVERSE`` False): s' = s - 1, the state entering segment s. Reverse: s' = s + 1, the adjoint
+    entering segment s from the right. decay(s') = exp(A * sum of dt over s'). (B, S, N, E) slabs.
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BE + tl.arange(0, BE)
+    emask = e < E
+    a2 = _load_state(a2_ptr, E, e, emask, N)
+    h = _zeros_tuple(BE, N)
+    for i in range(n_seg):
+        s = n_seg - 1 - i if REVERSE else i
+        slab = (pid_b * n_seg + s) * N * E
+        _store_state(init_ptr + slab, E, e, emask, h, N)
+        dsum = tl.load(dtsum_ptr + (pid_b * n_seg + s) * E + e, mask=emask, other=0.0)
+        loc = _load_state(local_ptr + slab, E, e, emask, N)
+        hn = ()
+        for n in tl.static_range(N):
+            hn = hn + (tl.exp2(dsum * a2[n]) * h[n] + loc[n],)
+        h = hn
+
+
+# ------------------------------------------------------------------------------------------------ backward
+
+
+@triton.jit
+def scan_bwd_lambda_kernel(
+    dl_ptr, a2_ptr, c_ptr, z_ptr, bias_ptr, g_ptr, mu_ptr, dtsum_ptr,
+    L, E, seg_len,
+    s_db, s_dt, s_de, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze, s_gb, s_gt, s_ge,
+    N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+):  # fmt: skip
+    """Pass 1 of a split backward: the adjoint a segment sends to its left neighbour from a zero start.
+
+    mu = exp(dt_{t0} A) lam_{t0} with lam run backwards over the segment from lam = 0 at its end; also the
+    segment's summed dt (for its decay). (B, S, N, E) and (B, S, E).
+    """
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_e = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    n_seg = tl.num_programs(2)
+    e = pid_e * BE + tl.arange(0, BE)
+    emask = e < E
+    a2 = _load_state(a2_ptr, E, e, emask, N)
+    bias = tl.load(bias_ptr + e, mask=emask, other=0.0) if HAS_BIAS else 0.0
+    dl_base = dl_ptr + pid_b * s_db + e * s_de
+    z_base = z_ptr + pid_b * s_zb + e * s_ze
+    g_base = g_ptr + pid_b * s_gb + e * s_ge
+    c_base = c_ptr + pid_b * s_cb
+    t_lo = pid_s * seg_len
+    t_hi = tl.minimum(t_lo + seg_len, L)
+    lam = _zeros_tuple(BE, N)
+    dsum = tl.zeros([BE], tl.float32)
+    for i in range(t_hi - t_lo):
+        t = t_hi - 1 - i
+        dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, emask), bias, HAS_BIAS, SOFTPLUS)
+        gy = _load_vec(g_base + t * s_gt, emask)
+        if HAS_Z:
+            zz = _load_vec(z_base + t * s_zt, emask)
+            gy = gy * zz * tl.sigmoid(zz)
+        crow = _load_row(c_base + t * s_ct, s_cn, e, emask[:, None], N, NV)
+        ln = ()
+        for n in tl.static_range(N):
+            ln = ln + (tl.exp2(dt * a2[n]) * (lam[n] + crow[n] * gy),)
+        lam = ln
+        dsum += dt
+    slab = (pid_b * n_seg + pid_s) * N * E
+    _store_state(mu_ptr + slab, E, e, emask, lam, N)
+    tl.store(dtsum_ptr + (pid_b * n_seg + pid_s) * E + e, dsum, mask=emask)
+
+
+@triton.jit
+def scan_bwd_kernel(
+    u_ptr, dl_ptr, a2_ptr, b_ptr, c_ptr, d_ptr, z_ptr, bias_ptr, g_ptr,
+    states_ptr, lamin_ptr, scratch_ptr,
+    du_ptr, ddl_ptr, dz_ptr, y_ptr, db_part_ptr, dc_part_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr,
+    L, E, seg_len, n_chunks,
+    s_ub, s_ut, s_ue, s_db, s_dt, s_de, s_bb, s_bt, s_bn, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze,
+    s_gb, s_gt, s_ge,
+    N: tl.constexpr, P: tl.constexpr, K: tl.constexpr, DUP: tl.constexpr, NV: tl.constexpr,
+    T_SAVE: tl.constexpr, T_SUB: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_LAMIN: tl.constexpr, WRITE_Y: tl.constexpr,
+):  # fmt: skip
+    """One (batch row, 32 channels, segment) of the backward pass; one warp (see the module docstring).
+
+    Outputs: du, d delta, dz (input dtypes, (B, L, E) contiguous), the gated output y if ``WRITE_Y`` (for an
+    out-projection's weight gradient), per-warp partials of dB and dC ((B, E/32, L, N) fp32) and per-program
+    partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)).
+    """
+    BE: tl.constexpr = 32
+    NSUB: tl.constexpr = T_SAVE // T_SUB
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_e = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    n_eb = tl.num_programs(1)
+    n_seg = tl.num_programs(2)
+    lane = tl.arange(0, BE)
+    e = pid_e * BE + lane
+    emask = e < E
+    a2 = _load_state(a2_ptr, E, e, emask, N)
+    bias = tl.load(bias_ptr + e, mask=emask, other=0.0) if HAS_BIAS else 0.0
+    d = tl.load(d_ptr + e, mask=emask, other=0.0) if HAS_D else 0.0
+    seg_slab = (pid_b * n_seg + pid_s) * N * E
+    if HAS_LAMIN:
+        lam_prop = _load_state(lamin_ptr + seg_slab, E, e, emask, N)
+    else:
+        lam_prop = _zeros_tuple(BE, N)
+    da_acc = _zeros_tuple(BE, N)
+    dd_acc = tl.zeros([BE], tl.float32)
+    dbias_acc = tl.zeros([BE], tl.float32)
+    u_base = u_ptr + pid_b * s_ub + e * s_ue
+    dl_base = dl_ptr + pid_b * s_db + e * s_de
+    z_base = z_ptr + pid_b * s_zb + e * s_ze
+    g_base = g_ptr + pid_b * s_gb + e * s_ge
+    b_base = b_ptr + pid_b * s_bb
+    c_base = c_ptr + pid_b * s_cb
+    out_off = pid_b * L * E + e  # du, d delta, dz, y are (B, L, E) contiguous
+    part_base = (pid_b * n_eb + pid_e) * L * N  # dB / dC partials (B, E/32, L, N)
+    scratch = scratch_ptr + ((pid_b * n_eb + pid_e) * n_seg + pid_s) * NSUB * N * BE + lane
+    t_lo = pid_s * seg_len
+    t_hi = tl.minimum(t_lo + seg_len, L)
+    c_lo = t_lo // T_SAVE
+    c_hi = (t_hi + T_SAVE - 1) // T_SAVE
+    for ci in range(c_hi - c_lo):
+        c = c_hi - 1 - ci
+        t_c = c * T_SAVE
+        t_ce = tl.minimum(t_c + T_SAVE, t_hi)
+        h = _load_state(states_ptr + (pid_b * n_chunks + c) * N * E, E, e, emask, N)
+        # level 1: the state entering every T_SUB-th step of the chunk, into this program's scratch
+        if NSUB > 1:
+            for j in range(NSUB):
+                _store_state(scratch + j * N * BE, BE, 0, emask, h, N)
+                for k in tl.static_range(T_SUB):
+                    t = t_c + j * T_SUB + k
+                    valid = emask & (t < t_ce)
+                    u = _load_vec(u_base + t * s_ut, valid)
+                    dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, valid), bias, HAS_BIAS, SOFTPLUS)
+                    dt = tl.where(valid, dt, 0.0)
+                    brow = _load_row(b_base + t * s_bt, s_bn, e, valid[:, None], N, NV)
+                    dtu = dt * u
+                    hn = ()
+                    for n in tl.static_range(N):
+                        hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
+                    h = hn
+        # level 2: sub-chunks last first; states in registers, adjoint backwards
+        for jj in range(NSUB):
+            j = NSUB - 1 - jj
+            t_s = t_c + j * T_SUB
+            if t_s < t_ce:
+                if NSUB > 1:
+                    h = _load_state(scratch + j * N * BE, BE, 0, emask, N)
+                hs = ()
+                us = ()
+                dts = ()
+                drs = ()
+                for k in tl.static_range(T_SUB):
+                    t = t_s + k
+                    valid = emask & (t < t_ce)
+                    u = _load_vec(u_base + t * s_ut, valid)
+                    dt, dr = _step_dt(_load_vec(dl_base + t * s_dt, valid), bias, HAS_BIAS, SOFTPLUS)
+                    dt = tl.where(valid, dt, 0.0)
+                    brow = _load_row(b_base + t * s_bt, s_bn, e, valid[:, None], N, NV)
+                    dtu = dt * u
+                    hn = ()
+                    for n in tl.static_range(N):
+                        hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
+                    h = hn
+                    hs = hs + (h,)
+                    us = us + (u,)
+                    dts = dts + (dt,)
+                    drs = drs + (dr,)
+                for k in tl.static_range(T_SUB - 1, -1, -1):
+                    t = t_s + k
+                    valid = emask & (t < t_ce)
+                    u = us[k]
+                    dt = dts[k]
+                    hk = hs[k]
+                    g = _load_vec(g_base + t * s_gt, valid)
+                    brow = _load_row(b_base + t * s_bt, s_bn, e, valid[:, None], N, NV)
+                    crow = _load_row(c_base + t * s_ct, s_cn, e, valid[:, None], N, NV)
+                    y = d * u
+                    for n in tl.static_range(N):
+                        y += hk[n] * crow[n]
+                    if HAS_Z:
+                        zz = _load_vec(z_base + t * s_zt, valid)
+                        sig = tl.sigmoid(zz)
+                        gate = zz * sig
+                        gy = g * gate
+                        tl.store(
+                            dz_ptr + out_off + t * E,
+                            (g * y * sig * (1.0 + zz * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
+                            mask=valid,
+                        )
+                        if WRITE_Y:
+                            tl.store(
+                                y_ptr + out_off + t * E, (y * gate).to(y_ptr.dtype.element_ty), mask=valid
+                            )
+                    else:
+                        gy = g
+                        if WRITE_Y:
+                            tl.store(y_ptr + out_off + t * E, y.to(y_ptr.dtype.element_ty), mask=valid)
+                    dtu = dt * u
+                    q_a = tl.zeros([BE], tl.float32)  # sum_n lam * dA h_{t-1} * A2
+                    lam_b = tl.zeros([BE], tl.float32)  # sum_n lam * B
+                    dc_terms = ()
+                    db_terms = ()
+                    lp = ()
+                    dan = ()
+                    for n in tl.static_range(N):
+                        lam_n = lam_prop[n] + crow[n] * gy
+                        q = lam_n * (hk[n] - dtu * brow[n])  # lam_t * exp(dt A) h_{t-1}
+                        q_a += q * a2[n]
+                        lam_b += lam_n * brow[n]
+                        dan = dan + (da_acc[n] + q * dt,)
+                        dc_terms = dc_terms + (gy * hk[n],)
+                        db_terms = db_terms + (lam_n * dtu,)
+                        lp = lp + (tl.exp2(dt * a2[n]) * lam_n,)
+                    lam_prop = lp
+                    da_acc = dan
+                    ddt = q_a * LN2 + lam_b * u
+                    du = gy * d + lam_b * dt
+                    if HAS_D:
+                        dd_acc += gy * u
+                    if SOFTPLUS:
+                        ddl = ddt * _softplus_grad(drs[k])
+                    else:
+                        ddl = ddt
+                    ddl = tl.where(valid, ddl, 0.0)
+                    dbias_acc += ddl
+                    tl.store(du_ptr + out_off + t * E, du.to(du_ptr.dtype.element_ty), mask=valid)
+                    tl.store(ddl_ptr + out_off + t * E, ddl.to(ddl_ptr.dtype.element_ty), mask=valid)
+                    t_ok = (t < t_ce) & (lane >= 0)
+                    _store_lane_sums(dc_part_ptr + part_base + t * N, dc_terms, lane, t_ok, N, P, K, DUP)
+                    _store_lane_sums(db_part_ptr + part_base + t * N, db_terms, lane, t_ok, N, P, K, DUP)
+    prog_slab = (pid_b * n_seg + pid_s) * N * E
+    for n in tl.static_range(N):
+        tl.store(da_part_ptr + prog_slab + n * E + e, da_acc[n], mask=emask)
+    tl.store(dd_part_ptr + (pid_b * n_seg + pid_s) * E + e, dd_acc, mask=emask)
+    tl.store(dbias_part_ptr + (pid_b * n_seg + pid_s) * E + e, dbias_acc, mask=emask)

@@ -1,0 +1,169 @@
+"""The Triton selective scan against the fp64 sequential reference: forward and every gradient.
+
+On CPU the kernels run in Triton's interpreter (tiny shapes); on a GPU the same tests run compiled.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import DEVICE, rel_err
+
+from dimlab.kernels import scan as kernel_scan
+from dimlab.kernels import selective_scan
+from dimlab.kernels.reference import selective_scan_ref
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def scan_inputs(
+    batch, length, dim, n, dtype=torch.float32, with_d=True, with_z=True, with_bias=True, dt_shift=0.0
+):
+    """Random channel-last inputs on DEVICE; A spread as a trained S4D init (-0.5 .. -20)."""
+    g = torch.Generator().manual_seed(1000 * length + 10 * dim + n)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g) * scale).to(DEVICE)
+
+    inputs = {
+        "u": rand(batch, length, dim).to(dtype),
+        "delta": (rand(batch, length, dim, scale=0.5) + dt_shift).to(dtype),
+        "A": -torch.exp(torch.empty(dim, n).uniform_(-0.7, 3.0, generator=g)).to(DEVICE),
+        "B": rand(batch, length, n).to(dtype),
+        "C": rand(batch, length, n).to(dtype),
+        "D": rand(dim) if with_d else None,
+        "z": rand(batch, length, dim).to(dtype) if with_z else None,
+        "delta_bias": rand(dim, scale=0.5) if with_bias else None,
+    }
+    return {k: (v.requires_grad_() if v is not None else None) for k, v in inputs.items()}
+
+
+def check_against_reference(inputs, softplus=True, tol=None):
+    present = [k for k in NAMES if inputs[k] is not None]
+    ref = selective_scan_ref(**inputs, delta_softplus=softplus)
+    out = selective_scan(**inputs, delta_softplus=softplus)
+    assert out.dtype == inputs["u"].dtype and out.shape == inputs["u"].shape
+    tol = tol or TOL[inputs["u"].dtype]
+    assert rel_err(out, ref) < tol, "forward"
+    grad_out = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [inputs[k] for k in present], grad_out)
+    grads = torch.autograd.grad(out, [inputs[k] for k in present], grad_out.to(out.dtype))
+    for name, grad, ref_grad in zip(present, grads, ref_grads, strict=True):
+        assert grad.dtype == inputs[name].dtype, name
+        assert torch.isfinite(grad).all(), name
+        assert rel_err(grad, ref_grad) < tol, name
+
+
+@pytest.mark.parametrize(
+    "batch,length,dim,n",
+    [
+        (1, 1, 32, 16),  # a single step
+        (2, 7, 40, 16),  # L prime and not a multiple of the chunks; channels not a multiple of 32
+        (1, 9, 35, 3),  # a small odd state size
+    ],
+)
+def test_scan_matches_reference_fp32(tiny_config, batch, length, dim, n):
+    check_against_reference(scan_inputs(batch, length, dim, n))
+
+
+def test_scan_matches_reference_bf16(tiny_config):
+    check_against_reference(scan_inputs(1, 11, 33, 16, dtype=torch.bfloat16))
+
+
+def test_scan_matches_reference_fp16(tiny_config):
+    check_against_reference(scan_inputs(1, 7, 32, 4, dtype=torch.float16))
+
+
+def test_delta_above_the_softplus_threshold(tiny_config):
+    """delta + bias > 20 is passed through unchanged (mamba-ssm's threshold), in forward and backward."""
+    inputs = scan_inputs(1, 6, 32, 4, dt_shift=21.0)
+    inputs["A"] = (inputs["A"].detach() * 0.01).requires_grad_()  # keep the decays away from underflow
+    check_against_reference(inputs)
+
+
+@pytest.mark.parametrize(
+    "with_d,with_z,with_bias,softplus",
+    [(False, False, False, True), (True, False, True, False), (False, True, False, True)],
+)
+def test_optional_inputs(tiny_config, with_d, with_z, with_bias, softplus):
+    inputs = scan_inputs(1, 7, 32, 4, with_d=with_d, with_z=with_z, with_bias=with_bias)
+    if not softplus:  # dt = delta + bias must be a positive step size
+        for name in ("delta", "delta_bias"):
+            if inputs[name] is not None:
+                inputs[name] = inputs[name].detach().abs().requires_grad_()
+    check_against_reference(inputs, softplus=softplus)
+
+
+def test_split_sequence_matches_reference(tiny_config):
+    """Few rows x channels: the sequence is split into segments chained by the carry pass."""
+    inputs = scan_inputs(1, 17, 32, 16)
+    assert kernel_scan.num_segments(1, 32, 17, inputs["u"].device, training=True) > 1
+    check_against_reference(inputs)
+    with torch.no_grad():  # inference splits at any step, not only at saved-state boundaries
+        assert (
+            rel_err(
+                selective_scan(**inputs, delta_softplus=True),
+                selective_scan_ref(**inputs, delta_softplus=True),
+            )
+            < 2e-5
+        )
+
+
+def test_default_config_short_sequence():
+    """The launch configuration used for real (64-step chunks, 8 states in registers) on a short sequence."""
+    check_against_reference(scan_inputs(1, 5, 32, 16))
+
+
+def test_strided_channel_first_views(tiny_config):
+    """Transposed (batch, E, L) tensors and the halves of an (b, L, 2E) projection are read in place."""
+    base = scan_inputs(1, 9, 32, 4)
+    xz = torch.randn(1, 9, 64, device=DEVICE, requires_grad=True)
+    bc = torch.randn(1, 4, 9, device=DEVICE).transpose(1, 2).requires_grad_()
+    inputs = dict(base, u=xz[..., :32], z=xz[..., 32:], B=bc)
+    assert not inputs["u"].is_contiguous() and not inputs["B"].is_contiguous()
+    present = [k for k in NAMES if inputs[k] is not None and inputs[k].is_leaf] + ["xz"]
+    leaves = {**inputs, "xz": xz}
+    ref = selective_scan_ref(**inputs, delta_softplus=True)
+    out = selective_scan(**inputs, delta_softplus=True)
+    assert rel_err(out, ref) < 2e-5
+    g = torch.randn_like(ref)
+    for grad, ref_grad in zip(
+        torch.autograd.grad(out, [leaves[k] for k in present], g.float()),
+        torch.autograd.grad(ref, [leaves[k] for k in present], g),
+        strict=True,
+    ):
+        assert rel_err(grad, ref_grad) < 2e-5
+
+
+def test_no_grad_keeps_no_states(tiny_config):
+    inputs = {k: (v.detach() if v is not None else None) for k, v in scan_inputs(1, 9, 32, 4).items()}
+    out, states = torch.ops.dimlab.selective_scan_fwd(*inputs.values(), True, False)
+    assert states.numel() == 0
+    assert rel_err(out, selective_scan_ref(**inputs, delta_softplus=True)) < 2e-5
+
+
+def test_bad_inputs_are_named():
+    inputs = {k: (v.detach() if v is not None else None) for k, v in scan_inputs(1, 5, 32, 4).items()}
+    with pytest.raises(ValueError, match="complex A is not supported"):
+        selective_scan(**dict(inputs, A=inputs["A"].to(torch.complex64)))
+    with pytest.raises(ValueError, match="u has dtype torch.float64"):
+        selective_scan(**dict(inputs, u=inputs["u"].double()))
+    with pytest.raises(ValueError, match=r"B must have shape \(1, 5, 4\)"):
+        selective_scan(**dict(inputs, B=inputs["B"][:, :3]))
+    with pytest.raises(ValueError, match=r"u must be \(batch, L, d_inner\)"):
+        selective_scan(**dict(inputs, u=inputs["u"][0]))
+
+
+def test_cpu_tensors_need_the_interpreter(monkeypatch):
+    inputs = {k: (v.detach().cpu() if v is not None else None) for k, v in scan_inputs(1, 5, 32, 4).items()}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        selective_scan(**inputs)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="multiple of t_sub"):
+        kernel_scan.ScanConfig(t_save=10, t_sub=4)
+    with pytest.raises(ValueError, match="fwd_warps"):
+        kernel_scan.ScanConfig(fwd_warps=3)
