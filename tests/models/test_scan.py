@@ -187,11 +187,12 @@ def test_dispatch_and_shape_errors():
     bad = dict(inputs, B=inputs["B"][:, :1])
     with pytest.raises(ValueError, match="B must have shape"):
         selective_scan(**bad)
-    with pytest.raises(ValueError, match="unknown scan backend 'triton'"):
-        selective_scan(**inputs, backend="triton")
+    with pytest.raises(ValueError, match="unknown scan backend 'mamba2'"):
+        selective_scan(**inputs, backend="mamba2")
 
 
-def test_resolve_backend_on_cpu(caplog):
+def test_resolve_backend_on_cpu(caplog, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     scan._logged_choices.clear()
     with caplog.at_level(logging.INFO, logger="dimlab"):
         assert resolve_backend("auto", "cpu") == "torch"
@@ -201,10 +202,16 @@ def test_resolve_backend_on_cpu(caplog):
     assert resolve_backend("reference", "cpu") == "reference"
     with pytest.raises(RuntimeError, match="needs tensors on a CUDA device"):
         resolve_backend("cuda", "cpu")
+    if scan.triton_available():
+        with pytest.raises(RuntimeError, match="'triton' needs tensors on a CUDA device"):
+            resolve_backend("triton", "cpu")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert resolve_backend("triton", "cpu") == "triton"
 
 
 @pytest.mark.skipif(scan.kernels_available(), reason="the kernels are installed here")
 def test_cuda_backend_without_kernels_says_how_to_install():
     with pytest.raises(RuntimeError, match="make kernels"):
         resolve_backend("cuda", "cuda")
-    assert resolve_backend("auto", "cuda") == "torch"
+    # auto prefers dimlab's Triton kernels on a GPU, and needs neither of the two to run
+    assert resolve_backend("auto", "cuda") == ("triton" if scan.triton_available() else "torch")

@@ -2,9 +2,10 @@
 
 Parameter names, shapes and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba`` (the mixer
 DiM uses, reference §1.2 step 7f and §1.5), so state dicts move between the two unchanged. What differs
-is how the scan runs: ``scan_backend`` picks mamba-ssm's fused CUDA path or the pure-PyTorch scan of
-:mod:`dimlab.models.scan`, and can be changed after construction (:func:`set_scan_backend`).
-Importing this module never imports mamba-ssm: the CUDA path imports it on first use.
+is how the scan runs: ``scan_backend`` picks dimlab's Triton kernels (:mod:`dimlab.kernels`, fused like
+mamba-ssm's path), mamba-ssm's fused CUDA path or the pure-PyTorch scan of :mod:`dimlab.models.scan`, and can
+be changed after construction (:func:`set_scan_backend`). Importing this module imports neither Triton nor
+mamba-ssm: each path imports its kernels on first use.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Mamba(nn.Module):
     out_proj(y). A = -exp(A_log) (S4D-real init), D is a learned skip.
 
     Arguments are those of mamba-ssm's Mamba, except ``use_fast_path`` (replaced by ``scan_backend``:
-    ``auto``, ``cuda``, ``torch`` or ``reference``). Step-by-step decoding (``inference_params``) is not
+    ``auto``, ``triton``, ``cuda``, ``torch`` or ``reference``). Step-by-step decoding (``inference_params``) is not
     implemented: DiM never decodes token by token.
     """
 
@@ -96,7 +97,7 @@ class Mamba(nn.Module):
 
     @property
     def scan_backend(self) -> str:
-        """Which selective-scan backend forward() uses: 'auto', 'cuda', 'torch' or 'reference'."""
+        """Which selective-scan backend forward() uses: 'auto', 'triton', 'cuda', 'torch' or 'reference'."""
         return self._scan_backend
 
     @scan_backend.setter
@@ -129,9 +130,29 @@ class Mamba(nn.Module):
                 f"Mamba: expected input (batch, L, {self.d_model}), got shape {tuple(hidden_states.shape)}"
             )
         backend = resolve_backend(self.scan_backend, hidden_states.device)
+        if backend == "triton":
+            return self._forward_triton(hidden_states)
         if backend == "cuda":
             return self._forward_cuda(hidden_states)
         return self._forward_torch(hidden_states, backend)
+
+    def _forward_triton(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """dimlab's fused Triton path: in_proj here, then conv, projections, scan and out_proj in one op that
+        works on the (batch, L, channels) tokens as they are (:func:`dimlab.kernels.mixer.mamba_inner`)."""
+        from dimlab.kernels.mixer import mamba_inner
+
+        return mamba_inner(
+            self.in_proj(hidden_states),
+            self.conv1d.weight[:, 0, :],
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.out_proj.weight,
+            self.out_proj.bias,
+            -torch.exp(self.A_log.float()),
+            self.D.float(),
+            self.dt_proj.bias.float(),
+        )
 
     def _forward_torch(self, hidden_states: torch.Tensor, backend: str) -> torch.Tensor:
         """Unfused path: plain PyTorch ops around the 'torch' or 'reference' scan."""

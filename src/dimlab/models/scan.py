@@ -18,29 +18,34 @@ Backends:
 * ``reference``: a plain loop over time steps. Slow, obviously correct; the test oracle.
 * ``torch``: a chunked scan in pure PyTorch with a hand-written backward pass. Runs on any device, no
   per-time-step Python loop, numerically stable (only products of decays in [0, 1]).
+* ``triton``: dimlab's own Triton kernels (:mod:`dimlab.kernels`), channel-last, nothing to build. Here they
+  are called on transposed views of the channel-first inputs; the Mamba mixer feeds them its (batch, L, E)
+  tokens directly.
 * ``cuda``: mamba-ssm's fused CUDA kernel (``selective_scan_fn``). Imported lazily, only here.
 
-``auto`` picks ``cuda`` when the kernels import and the tensors live on a CUDA device, else ``torch``.
-Only real ``A`` and the (batch, d_state, L) form of B/C are supported: that is all the Mamba mixer uses.
+``auto`` picks ``triton`` when the tensors live on a CUDA device and Triton imports (CUDA builds of torch ship
+it), else ``cuda`` when mamba-ssm's kernels import, else ``torch``. Only real ``A`` and the (batch, d_state, L)
+form of B/C are supported: that is all the Mamba mixer uses.
 """
 
 from __future__ import annotations
 
-import functools
+import importlib
 import logging
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger("dimlab")
 
-BACKENDS = ("auto", "cuda", "torch", "reference")
+BACKENDS = ("auto", "triton", "cuda", "torch", "reference")
 """Names accepted by :func:`resolve_backend` and :func:`selective_scan`."""
 
 INSTALL_HINT = (
     "Build and install the kernels for this GPU with `make kernels` (see docs/kernels.md), or install "
-    "prebuilt wheels with `pip install 'dimlab[cuda]'`; or choose scan backend 'torch' / 'auto'."
+    "prebuilt wheels with `pip install 'dimlab[cuda]'`; or choose scan backend 'triton', 'torch' or 'auto'."
 )
 
 _logged_choices: set[tuple[str, str, str]] = set()
@@ -50,15 +55,26 @@ _logged_choices: set[tuple[str, str, str]] = set()
 # backend selection
 
 
-@functools.lru_cache(maxsize=1)
+_import_errors: dict[str, str | None] = {}
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: run once, not traced (imports cannot be)
+def _import_error(module: str) -> str | None:
+    """Import ``module`` once; the error text if that fails, else None (remembered for later calls)."""
+    if module not in _import_errors:
+        try:
+            importlib.import_module(module)
+            _import_errors[module] = None
+        except (
+            Exception
+        ) as err:  # a broken build raises ImportError, OSError (undefined symbol) or RuntimeError
+            _import_errors[module] = f"{type(err).__name__}: {err}"
+    return _import_errors[module]
+
+
 def _kernel_import_error() -> str | None:
     """Import mamba-ssm's scan interface and causal-conv1d once; the error text if that fails, else None."""
-    try:
-        import causal_conv1d  # noqa: F401
-        import mamba_ssm.ops.selective_scan_interface  # noqa: F401
-    except Exception as err:  # a broken build raises ImportError, OSError (undefined symbol) or RuntimeError
-        return f"{type(err).__name__}: {err}"
-    return None
+    return _import_error("causal_conv1d") or _import_error("mamba_ssm.ops.selective_scan_interface")
 
 
 def kernels_available() -> bool:
@@ -66,31 +82,66 @@ def kernels_available() -> bool:
     return _kernel_import_error() is None
 
 
+def _triton_import_error() -> str | None:
+    """Import dimlab's Triton kernels (and so Triton) once; the error text if that fails, else None."""
+    return _import_error("dimlab.kernels")
+
+
+def triton_available() -> bool:
+    """True when Triton and dimlab's Triton kernels import in this environment."""
+    return _triton_import_error() is None
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """True when the Triton kernels can run on tensors of ``device``: a CUDA device, or the CPU interpreter."""
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def resolve_backend(requested: str, device: torch.device | str) -> str:
     """Turn a requested scan backend into the one that will run for tensors on ``device``.
 
-    ``auto`` becomes ``cuda`` when the tensors are on a CUDA device and the mamba-ssm / causal-conv1d
-    kernels import, else ``torch`` (the choice is logged once on the ``dimlab`` logger). ``cuda`` is
-    checked and raises a RuntimeError that says how to install the kernels when they are missing.
-    ``torch`` and ``reference`` are returned unchanged.
+    ``auto`` becomes ``triton`` when the tensors are on a CUDA device and Triton imports, else ``cuda`` when
+    they are on a CUDA device and the mamba-ssm / causal-conv1d kernels import, else ``torch`` (the choice is
+    logged once on the ``dimlab`` logger). ``triton`` and ``cuda`` are checked and raise a RuntimeError that
+    says what is missing. ``torch`` and ``reference`` are returned unchanged.
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown scan backend {requested!r}; expected one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if requested == "auto":
         on_cuda = device.type == "cuda"
-        resolved = "cuda" if on_cuda and kernels_available() else "torch"
+        if on_cuda and triton_available():
+            resolved, reason = "triton", "Triton kernels, CUDA device"
+        elif on_cuda and kernels_available():
+            resolved, reason = (
+                "cuda",
+                f"mamba-ssm kernels found; Triton unavailable: {_triton_import_error()}",
+            )
+        elif on_cuda:
+            resolved = "torch"
+            reason = f"Triton unavailable ({_triton_import_error()}), mamba-ssm unavailable ({_kernel_import_error()})"
+        else:
+            resolved, reason = "torch", f"tensors on {device.type}"
         key = (requested, resolved, device.type)
         if key not in _logged_choices:
             _logged_choices.add(key)
-            if not on_cuda:
-                reason = f"tensors on {device.type}"
-            elif resolved == "cuda":
-                reason = "mamba-ssm kernels found"
-            else:
-                reason = f"mamba-ssm kernels unavailable: {_kernel_import_error()}"
             logger.info("selective scan backend 'auto' -> '%s' (%s)", resolved, reason)
         return resolved
+    if requested == "triton":
+        error = _triton_import_error()
+        if error is not None:
+            raise RuntimeError(
+                f"scan backend 'triton' requested but Triton does not import ({error}); "
+                "install a CUDA build of torch (it ships Triton) or choose 'torch' / 'auto'."
+            )
+        if not triton_runs_on(device):
+            raise RuntimeError(
+                f"scan backend 'triton' needs tensors on a CUDA device, got {device}; use 'auto' or 'torch' "
+                "(TRITON_INTERPRET=1 runs the kernels on the CPU, slowly, for testing)."
+            )
+        return requested
     if requested == "cuda":
         if device.type != "cuda":
             raise RuntimeError(
@@ -131,6 +182,7 @@ def selective_scan(
         "torch": selective_scan_torch,
         "reference": selective_scan_reference,
         "cuda": selective_scan_cuda,
+        "triton": selective_scan_triton,
     }[resolved]
     return implementation(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
@@ -387,6 +439,25 @@ def _scan_backward(s: _ScanInputs, g: torch.Tensor) -> dict[str, torch.Tensor]:
     grads["delta"] = s.to_channels_first(grad_raw)
     grads["delta_bias"] = grad_raw.sum(dim=(0, 1))
     return grads
+
+
+# --------------------------------------------------------------------------------------------------
+# triton: dimlab's kernels
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False
+) -> torch.Tensor:
+    """dimlab's Triton scan on the channel-first convention: the kernels read the transposed views in place."""
+    from dimlab.kernels import selective_scan as channel_last_scan
+
+    def last(t):
+        return t.transpose(1, 2) if t is not None else None
+
+    out = channel_last_scan(
+        last(u), last(delta), A, last(B), last(C), D, last(z), delta_bias, delta_softplus=delta_softplus
+    )
+    return out.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------------
