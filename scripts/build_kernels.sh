@@ -15,9 +15,12 @@
 #   KERNEL_ARCH       compute capability to build for, e.g. 9.0; default: read from the local GPU via torch
 #   PYTHON            interpreter whose torch the kernels are built against (default: .venv/bin/python, else python3)
 #   INSTALL           1 (default) installs the wheels with `pip install --no-deps`; 0 only builds them
+#   PIP_TARGET        install into this folder (pip --target) instead of the interpreter's site-packages
 #   KERNEL_BUILD_DIR  where the patched sources are unpacked and compiled (default: a temporary folder,
 #                     removed at the end). Give a folder to keep the object files: a rerun after an
 #                     interrupted build then reuses them (ninja only rebuilds what is missing)
+#   KERNEL_PACKAGES   which to build: "mamba-ssm causal-conv1d" (default), or one of them (e.g. when a
+#                     prebuilt wheel of the other is at hand); only the named sdists are needed
 set -euo pipefail
 
 MAMBA_VERSION=2.3.2.post1
@@ -34,6 +37,11 @@ WHEEL_DIR="$(cd "$WHEEL_DIR" && pwd)"
 NPROC="$(nproc 2>/dev/null || echo 2)"
 MAX_JOBS="${MAX_JOBS:-$(( NPROC / 2 > 0 ? NPROC / 2 : 1 ))}"
 INSTALL="${INSTALL:-1}"
+KERNEL_PACKAGES="${KERNEL_PACKAGES:-mamba-ssm causal-conv1d}"
+want() { [[ " $KERNEL_PACKAGES " == *" $1 "* ]]; }
+for pkg in $KERNEL_PACKAGES; do
+    [[ "$pkg" == mamba-ssm || "$pkg" == causal-conv1d ]] || { echo "build_kernels: error: KERNEL_PACKAGES: unknown package '$pkg' (mamba-ssm, causal-conv1d)" >&2; exit 1; }
+done
 
 die() { echo "build_kernels: error: $*" >&2; exit 1; }
 say() { echo "build_kernels: $*"; }
@@ -69,13 +77,17 @@ command -v ninja >/dev/null || "$PYTHON" -c "import ninja" 2>/dev/null \
 # ---------------------------------------------------------------------------------------------- sources
 MAMBA_SDIST="$KERNEL_SDIST_DIR/mamba_ssm-$MAMBA_VERSION.tar.gz"
 CONV_SDIST="$KERNEL_SDIST_DIR/causal_conv1d-$CONV_VERSION.tar.gz"
-if [[ ! -f "$MAMBA_SDIST" || ! -f "$CONV_SDIST" ]]; then
+SDISTS=() REQUIREMENTS=()
+want mamba-ssm && SDISTS+=("$MAMBA_SDIST") && REQUIREMENTS+=("mamba-ssm==$MAMBA_VERSION")
+want causal-conv1d && SDISTS+=("$CONV_SDIST") && REQUIREMENTS+=("causal-conv1d==$CONV_VERSION")
+MISSING=0
+for sdist in "${SDISTS[@]}"; do [[ -f "$sdist" ]] || MISSING=1; done
+if [[ $MISSING == 1 ]]; then
     say "downloading the sdists into $KERNEL_SDIST_DIR"
     # the SKIP flags stop pip's metadata step from compiling anything
     MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE "$PYTHON" -m pip download --no-deps \
-        --no-build-isolation --no-binary :all: -d "$KERNEL_SDIST_DIR" \
-        "mamba-ssm==$MAMBA_VERSION" "causal-conv1d==$CONV_VERSION" \
-        || die "could not download the sdists; put mamba_ssm-$MAMBA_VERSION.tar.gz and causal_conv1d-$CONV_VERSION.tar.gz in KERNEL_SDIST_DIR"
+        --no-build-isolation --no-binary :all: -d "$KERNEL_SDIST_DIR" "${REQUIREMENTS[@]}" \
+        || die "could not download the sdists; put ${SDISTS[*]##*/} in KERNEL_SDIST_DIR"
 fi
 
 if [[ -n "${KERNEL_BUILD_DIR:-}" ]]; then
@@ -85,7 +97,7 @@ else
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/dimlab-kernels.XXXXXX")"
     trap 'rm -rf "$WORK"' EXIT
 fi
-for sdist in "$MAMBA_SDIST" "$CONV_SDIST"; do
+for sdist in "${SDISTS[@]}"; do
     unpacked="$WORK/$(basename "$sdist" .tar.gz)"
     if [[ -f "$unpacked/.dimlab-patched" ]]; then
         say "reusing $unpacked (and any object files already compiled there)"
@@ -109,7 +121,8 @@ patch_setup() {
     "$PYTHON" -c "import ast, sys; ast.parse(open(sys.argv[1]).read())" "$setup" || die "patched $setup is not valid Python"
     touch "$(dirname "$setup")/.dimlab-patched"
 }
-for src in "$WORK/mamba_ssm-$MAMBA_VERSION" "$WORK/causal_conv1d-$CONV_VERSION"; do
+for sdist in "${SDISTS[@]}"; do
+    src="$WORK/$(basename "$sdist" .tar.gz)"
     [[ -f "$src/.dimlab-patched" ]] || patch_setup "$src/setup.py"
 done
 
@@ -141,29 +154,34 @@ stop_builds() {
 }
 trap stop_builds INT TERM
 
-say "building both packages in parallel, MAX_JOBS=$MAX_JOBS each; logs in $WHEEL_DIR/*.log"
+say "building $KERNEL_PACKAGES in parallel, MAX_JOBS=$MAX_JOBS each; logs in $WHEEL_DIR/*.log"
 TOTAL_START=$SECONDS
-build "causal-conv1d $CONV_VERSION" "$WORK/causal_conv1d-$CONV_VERSION" "$WHEEL_DIR/causal_conv1d.log" &
-CONV_PID=$!
-build "mamba-ssm $MAMBA_VERSION" "$WORK/mamba_ssm-$MAMBA_VERSION" "$WHEEL_DIR/mamba_ssm.log" &
-MAMBA_PID=$!
+if want causal-conv1d; then
+    build "causal-conv1d $CONV_VERSION" "$WORK/causal_conv1d-$CONV_VERSION" "$WHEEL_DIR/causal_conv1d.log" &
+    CONV_PID=$!
+fi
+if want mamba-ssm; then
+    build "mamba-ssm $MAMBA_VERSION" "$WORK/mamba_ssm-$MAMBA_VERSION" "$WHEEL_DIR/mamba_ssm.log" &
+    MAMBA_PID=$!
+fi
 FAILED=0
-wait "$CONV_PID" || FAILED=1
-wait "$MAMBA_PID" || FAILED=1
+[[ -z "${CONV_PID:-}" ]] || wait "$CONV_PID" || FAILED=1
+[[ -z "${MAMBA_PID:-}" ]] || wait "$MAMBA_PID" || FAILED=1
 [[ $FAILED == 0 ]] || die "a build failed (see above)"
-say "both built in $(( SECONDS - TOTAL_START )) s"
+say "built in $(( SECONDS - TOTAL_START )) s"
 
-MAMBA_WHEEL="$(ls -t "$WHEEL_DIR"/mamba_ssm-"$MAMBA_VERSION"-*.whl | head -n 1)"
-CONV_WHEEL="$(ls -t "$WHEEL_DIR"/causal_conv1d-"$CONV_VERSION"-*.whl | head -n 1)"
-say "wheels: $MAMBA_WHEEL $CONV_WHEEL"
+WHEELS=()
+want causal-conv1d && WHEELS+=("$(ls -t "$WHEEL_DIR"/causal_conv1d-"$CONV_VERSION"-*.whl | head -n 1)")
+want mamba-ssm && WHEELS+=("$(ls -t "$WHEEL_DIR"/mamba_ssm-"$MAMBA_VERSION"-*.whl | head -n 1)")
+say "wheels: ${WHEELS[*]}"
 
 # ---------------------------------------------------------------------------------------------- install
 if [[ "$INSTALL" == "1" ]]; then
     # --no-deps: the runtime needs (einops, triton, transformers, ...) come with torch / dimlab or are
     # reported below; pip would otherwise try to resolve mamba-ssm's optional extras over the network.
-    "$PYTHON" -m pip install --no-deps --force-reinstall "$CONV_WHEEL" "$MAMBA_WHEEL"
+    "$PYTHON" -m pip install --no-deps --force-reinstall ${PIP_TARGET:+--target "$PIP_TARGET"} "${WHEELS[@]}"
     # torch first: the extensions link against libc10.so, which importing torch loads
-    if "$PYTHON" -c "import torch, selective_scan_cuda, causal_conv1d_cuda, causal_conv1d, mamba_ssm.ops.selective_scan_interface"; then
+    if PYTHONPATH="${PIP_TARGET:+$PIP_TARGET:}${PYTHONPATH:-}" "$PYTHON" -c "import torch, selective_scan_cuda, causal_conv1d_cuda, causal_conv1d, mamba_ssm.ops.selective_scan_interface"; then
         say "installed; mamba_ssm and causal_conv1d import"
     else
         die "the wheels installed but do not import (see the error above); a missing pure-Python dependency of mamba_ssm (e.g. transformers, huggingface_hub, triton) can be installed with pip"
