@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -97,7 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and few repetitions (smoke check)")
-    parser.add_argument("--backends", default="cuda,torch", help="comma-separated scan backends to time")
+    parser.add_argument("--backends", default="triton,cuda", help="comma-separated: triton, cuda, torch")
     parser.add_argument("--models", default="S,L,H", help="comma-separated widths to run (S, L, H)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3; quick 1)")
     parser.add_argument("--reps", type=int, default=None, help="timed runs (default 10; quick 2)")
@@ -115,6 +116,13 @@ def main(argv=None) -> int:
     if "cuda" in backends and (device.type != "cuda" or not kernels_available()):
         print(f"bench_mixer: skipping backend 'cuda' (device {device.type}, kernels {kernels_available()})")
         backends.remove("cuda")
+    if (
+        "triton" in backends
+        and device.type != "cuda"
+        and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+    ):
+        print("bench_mixer: skipping backend 'triton' on the CPU (set TRITON_INTERPRET=1 to interpret it)")
+        backends.remove("triton")
     if args.quick:
         widths, cases = QUICK_WIDTHS, QUICK_CASES
     else:

@@ -117,7 +117,9 @@ def parse_configs(text: str | None) -> list[dict]:
         for pair in filter(None, (p.strip() for p in item.split(","))):
             key, _, value = pair.partition("=")
             if key not in fields:
-                raise SystemExit(f"bench_scan: --configs: unknown field {key!r}; expected one of {sorted(fields)}")
+                raise SystemExit(
+                    f"bench_scan: --configs: unknown field {key!r}; expected one of {sorted(fields)}"
+                )
             config[key] = int(value)
         configs.append(config)
     return configs
@@ -184,7 +186,9 @@ def precompile(configs, shapes, device, grad, workers) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --quick: the interpreter)")
+    parser.add_argument(
+        "--device", default="cuda", help="cuda (default) or cpu (with --quick: the interpreter)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few repetitions (smoke check)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
     parser.add_argument("--backends", default="triton,cuda", help="comma-separated: triton, cuda, torch")
@@ -215,7 +219,9 @@ def main(argv=None) -> int:
         cases = {c: CASES[c] for c in args.cases.split(",")}
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if "cuda" in backends:
-        have_mamba = importlib.util.find_spec("selective_scan_cuda") is not None  # the scan alone needs no conv
+        have_mamba = (
+            importlib.util.find_spec("selective_scan_cuda") is not None
+        )  # the scan alone needs no conv
         if device.type != "cuda" or not have_mamba:
             print(f"bench_scan: skipping backend 'cuda' (device {device.type}, mamba-ssm scan {have_mamba})")
             backends.remove("cuda")
@@ -269,9 +275,15 @@ def main(argv=None) -> int:
 def print_table(results: list[dict], meta: dict) -> None:
     """The short summary table printed last: times and their ratio to the floor and to mamba-ssm."""
     print(f"\nselective scan, bf16, N={D_STATE}, {meta['device']}, median ms; x = time / exp floor")
-    base = {(r["case"], "fwd"): r.get("fwd_ms") for r in results if r["backend"] == "cuda" and r["status"] == "ok"}
+    base = {
+        (r["case"], "fwd"): r.get("fwd_ms") for r in results if r["backend"] == "cuda" and r["status"] == "ok"
+    }
     base.update(
-        {(r["case"], "fwdbwd"): r.get("fwdbwd_ms") for r in results if r["backend"] == "cuda" and r["status"] == "ok"}
+        {
+            (r["case"], "fwdbwd"): r.get("fwdbwd_ms")
+            for r in results
+            if r["backend"] == "cuda" and r["status"] == "ok"
+        }
     )
     header = f"{'case':<14}{'backend':<8}{'config':<26}{'fwd':>8}{'x':>6}{'vs cuda':>8}{'fwd+bwd':>9}{'x':>6}{'vs cuda':>8}"
     print(header)

@@ -67,6 +67,7 @@ from bench_common import git_commit, median_seconds, synchronize  # noqa: E402 -
 from dimlab.flops import H100_BF16_DENSE_TFLOPS, H100_BF16_MEASURED_MATMUL_TFLOPS, backbone_cost
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.presets import build_backbone
+from dimlab.models.scan import resolve_backend
 
 
 @dataclass(frozen=True)
@@ -445,7 +446,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--foreach-ema", action="store_true", help="add the 'foreach_ema' knob")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for the 'compile' knob")
-    parser.add_argument("--scan-backend", default="auto", help="DiM scan backend: auto, cuda or torch")
+    parser.add_argument(
+        "--scan-backend",
+        default="auto",
+        help="DiM scan backend(s), comma-separated for side-by-side runs: auto, triton, cuda, torch",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 10; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; quick 1)")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS)
@@ -511,9 +516,13 @@ def main(argv=None) -> int:
         harness="DiffusionModule pieces without the Lightning Trainer; GPU-resident batch",
     )
     log = ResultLog(args.out, meta, "bench_train")
-    for name in models:
+    backends = [b.strip() for b in args.scan_backend.split(",") if b.strip()]
+    runs = [
+        (name, b) for name in models for b in (backends if MODELS[name].preset.startswith("dim") else ["-"])
+    ]
+    for name, backend in runs:
         case = MODELS[name]
-        module = build_module(name, device, args.quick, args.scan_backend)
+        module = build_module(name, device, args.quick, backend)
         cost = backbone_cost(module.backbone)
         n_params = sum(p.numel() for p in module.backbone.parameters())
         batches = [int(b) for b in args.batch.split(",")] if args.batch else [case.batch]
@@ -522,6 +531,8 @@ def main(argv=None) -> int:
         for knobs in variants:
             label = variant_name(knobs)
             base = {"model": name, "variant": label, "params": n_params, "tokens": cost.tokens}
+            if backend != "-":
+                base["scan_backend"] = resolve_backend(backend, device)
             base["gmacs_per_sample"] = cost.gmacs
             try:
                 harness = TrainHarness(module, case, device, knobs, args.compile_mode)
@@ -578,7 +589,7 @@ def print_table(results: list[dict], meta: dict) -> None:
         f"{meta['ceiling_tflops']:.0f} (matmul ceiling) / {meta['measured_matmul_tflops']:.0f} (measured) TFLOP/s"
     )
     header = (
-        f"{'model':<12}{'variant':<22}{'batch':>6}{'img/s':>9}{'step ms':>9}{'cpu ms':>8}{'TFLOP/s':>9}"
+        f"{'model':<12}{'scan':<7}{'variant':<22}{'batch':>6}{'img/s':>9}{'step ms':>9}{'cpu ms':>8}{'TFLOP/s':>9}"
         f"{'MFU':>7}{'vs790':>7}{'mem GiB':>9}"
     )
     print(header)
@@ -586,15 +597,18 @@ def print_table(results: list[dict], meta: dict) -> None:
     for r in results:
         if r.get("kind") == "max_batch":
             print(
-                f"{r['model']:<12}{r['variant']:<22}{'max batch':>15}: {r['max_batch']} (limit {r['limit']})"
+                f"{r['model']:<12}{r.get('scan_backend', '-'):<7}{r['variant']:<22}{'max batch':>15}: "
+                f"{r['max_batch']} (limit {r['limit']})"
             )
             continue
         if r.get("status") != "ok":
-            print(f"{r['model']:<12}{r['variant']:<22}{r.get('batch', ''):>6}  {r['status'][:60]}")
+            print(
+                f"{r['model']:<12}{r.get('scan_backend', '-'):<7}{r['variant']:<22}{r.get('batch', ''):>6}  {r['status'][:60]}"
+            )
             continue
         mem = f"{r['peak_mem_gib']:>9.1f}" if "peak_mem_gib" in r else f"{'-':>9}"
         print(
-            f"{r['model']:<12}{r['variant']:<22}{r['batch']:>6}{r['img_per_s']:>9.1f}{r['step_ms']:>9.1f}"
+            f"{r['model']:<12}{r.get('scan_backend', '-'):<7}{r['variant']:<22}{r['batch']:>6}{r['img_per_s']:>9.1f}{r['step_ms']:>9.1f}"
             f"{r['cpu_issue_ms']:>8.1f}{r['model_tflops_per_s']:>9.1f}{100 * r['mfu_datasheet']:>6.1f}%"
             f"{100 * r['mfu_vs_ceiling']:>6.1f}%{mem}"
         )

@@ -8,8 +8,9 @@ clip, EMA on a GPU-resident batch), then groups every CUDA kernel by what it doe
 =====================  =============================================================================
 category               kernels (first matching rule wins, see ``CATEGORIES``)
 =====================  =============================================================================
-scan fwd / scan bwd    mamba-ssm's ``selective_scan_fwd`` / ``selective_scan_bwd`` (the recurrences)
-causal conv1d          causal-conv1d's forward / backward kernels inside each mixer
+scan fwd / scan bwd    the recurrences: mamba-ssm's ``selective_scan_fwd`` / ``_bwd``, or dimlab's Triton
+                       ``scan_fwd_kernel`` / ``scan_bwd_kernel`` (+ the split scan's carry and lambda passes)
+causal conv1d          the causal conv1d inside each mixer: causal-conv1d's kernels or dimlab's ``conv_*_kernel``
 matmul                 cuBLAS / CUTLASS / nvjet GEMMs (projections, attention in U-ViT)
 attention              fused attention kernels (flash / memory-efficient SDPA)
 conv (cuDNN)           the patch embedding, the local-enhancement depthwise 3x3 convs
@@ -60,9 +61,9 @@ from bench_train import (  # noqa: E402
 
 #: (category, regex on the kernel or operator name); the first match wins, so specific rules come first.
 CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("scan fwd", r"selective_scan_fwd|SelectiveScanFn.*forward"),
-    ("scan bwd", r"selective_scan_bwd|SelectiveScanFn.*backward"),
-    ("causal conv1d", r"causal_conv1d"),
+    ("scan fwd", r"selective_scan_fwd|SelectiveScanFn.*forward|scan_fwd_kernel|scan_carry_kernel"),
+    ("scan bwd", r"selective_scan_bwd|SelectiveScanFn.*backward|scan_bwd_kernel|scan_bwd_lambda_kernel"),
+    ("causal conv1d", r"causal_conv1d|conv_fwd_kernel|conv_bwd_kernel"),
     ("attention", r"flash|fmha|attention|efficient_attention|cudnn_sdpa"),
     ("optimizer + EMA", r"multi_tensor|foreach|fused_adam|FusedAdam|adamw|lerp_|_amp_|norm_scalar"),
     # cuDNN convolutions run as "xmma ... fprop/dgrad/wgrad" kernels, so they are matched before the GEMMs.
@@ -190,7 +191,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: per model)")
     parser.add_argument("--variants", default="eager", help="bench_train.py knob sets, e.g. eager,compile")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for the 'compile' knob")
-    parser.add_argument("--scan-backend", default="auto", help="DiM scan backend: auto, cuda or torch")
+    parser.add_argument(
+        "--scan-backend", default="auto", help="DiM scan backend: auto, triton, cuda or torch"
+    )
     parser.add_argument("--steps", type=int, default=None, help="profiled steps (default 3; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; quick 1)")
     parser.add_argument("--top", type=int, default=20, help="how many individual kernels to list")

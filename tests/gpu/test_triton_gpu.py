@@ -18,9 +18,13 @@ from dimlab.models.mamba import Mamba, set_scan_backend
 from dimlab.models.presets import build_backbone
 from dimlab.models.scan import kernels_available, selective_scan
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 needs_mamba = pytest.mark.skipif(
-    not (torch.cuda.is_available() and kernels_available()), reason="needs mamba-ssm's kernels for the comparison"
+    not (torch.cuda.is_available() and kernels_available()),
+    reason="needs mamba-ssm's kernels for the comparison",
 )
 
 D_MODELS = [512, 1024, 1536]  # DiM-S / L / H

@@ -42,13 +42,16 @@ class ScanConfig:
     fwd_warps: warps per forward program (one channel per thread, so 32 * fwd_warps channels per program).
     t_save: steps between the states the forward keeps for the backward (memory: 4 * N / t_save bytes per
         (token, channel)). t_sub: steps whose states the backward holds in registers at once (t_save must be a
-        multiple of it). target_warps_per_sm: below this many warps per SM the sequence is split into segments
-        that run in parallel (costs a second pass). min_segment: the shortest segment worth splitting off.
+        multiple of it); the compile time of the backward grows with its square (about 15 s at 4 on an H200
+        machine's CPU). bwd_maxnreg: a register cap for the backward (None: the compiler's choice, 255).
+        target_warps_per_sm: below this many warps per SM the sequence is split into segments that run in
+        parallel (costs a second pass). min_segment: the shortest segment worth splitting off.
     """
 
     fwd_warps: int = 4
     t_save: int = 64
-    t_sub: int = 8
+    t_sub: int = 4
+    bwd_maxnreg: int | None = None
     target_warps_per_sm: int = 16
     min_segment: int = 128
 
@@ -297,6 +300,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides3(z, u), *grad_out.stride(),
         N=n, P=p, K=max(1, p // 32), DUP=dup, NV=nv, T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
         HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
+        **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
     )  # fmt: skip
     dA = da_part.sum(0).t().to(A.dtype)
     dB = db_part.sum(1).to(B.dtype)

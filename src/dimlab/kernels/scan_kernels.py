@@ -388,7 +388,7 @@ def scan_bwd_kernel(
         if NSUB > 1:
             for j in range(NSUB):
                 _store_state(scratch + j * N * BE, BE, 0, emask, h, N)
-                for k in tl.static_range(T_SUB):
+                for k in range(T_SUB):  # a run-time loop: unrolling it would only lengthen compilation
                     t = t_c + j * T_SUB + k
                     valid = emask & (t < t_ce)
                     u = _load_vec(u_base + t * s_ut, valid)
