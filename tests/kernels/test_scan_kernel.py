@@ -5,6 +5,8 @@ On CPU the kernels run in Triton's interpreter (tiny shapes); on a GPU the same 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from kernel_cases import DEVICE, rel_err
@@ -167,3 +169,12 @@ def test_config_is_validated():
         kernel_scan.ScanConfig(t_save=10, t_sub=4)
     with pytest.raises(ValueError, match="fwd_warps"):
         kernel_scan.ScanConfig(fwd_warps=3)
+
+
+def test_backward_in_batch_slices(tiny_config):
+    """A batch larger than one launch's rows (bounded buffers) gives the same gradients, split path included."""
+    previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, bwd_rows=1))
+    try:
+        check_against_reference(scan_inputs(3, 9, 32, 4))
+    finally:
+        kernel_scan.set_scan_config(previous)

@@ -37,21 +37,25 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 @dataclass(frozen=True)
 class ScanConfig:
-    """Launch parameters of the scan kernels (the defaults were chosen on an H200; see benchmarks/RESULTS.md).
+    """Launch parameters of the scan kernels (defaults from the H200 sweep in benchmarks/RESULTS.md).
 
     fwd_warps: warps per forward program (one channel per thread, so 32 * fwd_warps channels per program).
     t_save: steps between the states the forward keeps for the backward (memory: 4 * N / t_save bytes per
         (token, channel)). t_sub: steps whose states the backward holds in registers at once (t_save must be a
-        multiple of it); the compile time of the backward grows with its square (about 15 s at 4 on an H200
-        machine's CPU). bwd_maxnreg: a register cap for the backward (None: the compiler's choice, 255).
-        target_warps_per_sm: below this many warps per SM the sequence is split into segments that run in
-        parallel (costs a second pass). min_segment: the shortest segment worth splitting off.
+        multiple of it); the compile time of the backward grows with its square (about 7 s at 2 and 15 s at 4
+        on a CPU like an H200 host's, minutes at 8) and 2 and 4 ran equally fast on an H200. bwd_maxnreg: a register cap for the backward (None: the compiler's choice, 255).
+        bwd_waves / bwd_rows: the backward runs on batch slices of bwd_rows rows (None: enough rows for
+        bwd_waves programs per SM), which bounds its per-launch buffers. target_warps_per_sm: below this many
+        warps per SM the sequence is split into segments that run in parallel (costs a second pass).
+        min_segment: the shortest segment worth splitting off.
     """
 
-    fwd_warps: int = 4
+    fwd_warps: int = 1
     t_save: int = 64
-    t_sub: int = 4
+    t_sub: int = 2
     bwd_maxnreg: int | None = None
+    bwd_waves: int = 32
+    bwd_rows: int | None = None
     target_warps_per_sm: int = 16
     min_segment: int = 128
 
@@ -239,11 +243,22 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
     return out, states
 
 
+def _rows_per_launch(batch: int, programs_per_row: int, device: torch.device) -> int:
+    """Batch rows per backward launch: enough programs for ``bwd_waves`` per SM, so that the launch fills the GPU
+    while its per-launch buffers (dB / dC partials, the level-1 scratch) stay bounded whatever the batch."""
+    cfg = _config
+    if cfg.bwd_rows is not None:
+        return max(1, min(batch, cfg.bwd_rows))
+    return max(1, min(batch, math.ceil(cfg.bwd_waves * _num_sms(device) / programs_per_row)))
+
+
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, grad_out, write_y: bool):
     """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, y)``; absent inputs give empty tensors.
 
     ``y`` is the forward output recomputed (empty unless ``write_y``): a caller that did not keep it can form
-    an output projection's weight gradient from it.
+    an output projection's weight gradient from it. Large batches run as several launches of
+    :func:`_rows_per_launch` rows each, so that the transient buffers of one launch stay a few hundred MB (they
+    would otherwise grow with the batch and cost activation-checkpointed runs their largest batch).
     """
     cfg = _config
     batch, length, dim = u.shape
@@ -256,57 +271,72 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
     seg_len = _segment_length(length, segments, cfg.t_save)
     segments = math.ceil(length / seg_len)
     n_eb = triton.cdiv(dim, 32)
-    grid = (batch, n_eb, segments)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     d_f = D.float().contiguous() if D is not None else dummy
     bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
-    z_t = z if z is not None else u
     nv = min(_row_vector_width(n, B.dtype, B.stride(2)), _row_vector_width(n, C.dtype, C.stride(2)))
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
-    lamin = dummy
-    if segments > 1:
-        mu = torch.empty((batch, segments, n, dim), device=dev, dtype=torch.float32)
-        dtsum = torch.empty((batch, segments, dim), device=dev, dtype=torch.float32)
-        scan_bwd_lambda_kernel[grid](
-            delta, a2t, C, z_t, bias_f, grad_out, mu, dtsum, length, dim, seg_len,
-            *delta.stride(), *C.stride(), *_strides3(z, u), *grad_out.stride(),
-            N=n, BE=32, NV=nv, num_warps=1, **flags,
-        )  # fmt: skip
-        lamin = torch.empty_like(mu)
-        scan_carry_kernel[(batch, n_eb)](
-            mu, dtsum, a2t, lamin, dim, segments, N=n, BE=32, REVERSE=True, num_warps=1
-        )
     du = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
     dz = torch.empty((batch, length, dim), device=dev, dtype=z.dtype) if z is not None else _empty(dev)
     y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype) if write_y else _empty(dev)
-    db_part = torch.empty((batch, n_eb, length, n), device=dev, dtype=torch.float32)
+    dB = torch.empty((batch, length, n), device=dev, dtype=B.dtype)
+    dC = torch.empty((batch, length, n), device=dev, dtype=C.dtype)
+    da_sum = torch.zeros((n, dim), device=dev, dtype=torch.float32)
+    dd_sum = torch.zeros(dim, device=dev, dtype=torch.float32)
+    dbias_sum = torch.zeros(dim, device=dev, dtype=torch.float32)
+    rows = _rows_per_launch(batch, n_eb * segments, dev)
+    db_part = torch.empty((rows, n_eb, length, n), device=dev, dtype=torch.float32)
     dc_part = torch.empty_like(db_part)
-    da_part = torch.empty((batch * segments, n, dim), device=dev, dtype=torch.float32)
-    dd_part = torch.empty((batch * segments, dim), device=dev, dtype=torch.float32)
+    da_part = torch.empty((rows * segments, n, dim), device=dev, dtype=torch.float32)
+    dd_part = torch.empty((rows * segments, dim), device=dev, dtype=torch.float32)
     dbias_part = torch.empty_like(dd_part)
     nsub = cfg.t_save // cfg.t_sub
     scratch = (
-        torch.empty(batch * n_eb * segments * nsub * n * 32, device=dev, dtype=torch.float32)
+        torch.empty(rows * n_eb * segments * nsub * n * 32, device=dev, dtype=torch.float32)
         if nsub > 1
         else dummy
     )
     p = _pow2(n)
     dup = (1 << (5 - min(p.bit_length() - 1, 5))) - 1
-    scan_bwd_kernel[grid](
-        u, delta, a2t, B, C, d_f, z_t, bias_f, grad_out, states, lamin, scratch,
-        du, ddelta, dz if z is not None else du, y if write_y else du, db_part, dc_part, da_part, dd_part, dbias_part,
-        length, dim, seg_len, n_chunks,
-        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *_strides3(z, u), *grad_out.stride(),
-        N=n, P=p, K=max(1, p // 32), DUP=dup, NV=nv, T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
-        HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
-        **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
-    )  # fmt: skip
-    dA = da_part.sum(0).t().to(A.dtype)
-    dB = db_part.sum(1).to(B.dtype)
-    dC = dc_part.sum(1).to(C.dtype)
-    dD = dd_part.sum(0).to(D.dtype) if D is not None else _empty(dev)
-    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else _empty(dev)
+    for r0 in range(0, batch, rows):
+        sl = slice(r0, min(batch, r0 + rows))
+        rb = sl.stop - r0
+        grid = (rb, n_eb, segments)
+        u_r, delta_r, b_r, c_r, g_r = u[sl], delta[sl], B[sl], C[sl], grad_out[sl]
+        z_r = z[sl] if z is not None else u_r
+        lamin = dummy
+        if segments > 1:
+            mu = torch.empty((rb, segments, n, dim), device=dev, dtype=torch.float32)
+            dtsum = torch.empty((rb, segments, dim), device=dev, dtype=torch.float32)
+            scan_bwd_lambda_kernel[grid](
+                delta_r, a2t, c_r, z_r, bias_f, g_r, mu, dtsum, length, dim, seg_len,
+                *delta_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
+                N=n, BE=32, NV=nv, num_warps=1, **flags,
+            )  # fmt: skip
+            lamin = torch.empty_like(mu)
+            scan_carry_kernel[(rb, n_eb)](
+                mu, dtsum, a2t, lamin, dim, segments, N=n, BE=32, REVERSE=True, num_warps=1
+            )
+        du_r = du[sl]
+        scan_bwd_kernel[grid](
+            u_r, delta_r, a2t, b_r, c_r, d_f, z_r, bias_f, g_r, states[sl], lamin, scratch,
+            du_r, ddelta[sl], dz[sl] if z is not None else du_r, y[sl] if write_y else du_r,
+            db_part, dc_part, da_part, dd_part, dbias_part,
+            length, dim, seg_len, n_chunks,
+            *u_r.stride(), *delta_r.stride(), *b_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
+            N=n, P=p, K=max(1, p // 32), DUP=dup, NV=nv, T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
+            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
+            **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
+        )  # fmt: skip
+        dB[sl] = db_part[:rb].sum(1)
+        dC[sl] = dc_part[:rb].sum(1)
+        da_sum += da_part[: rb * segments].sum(0)
+        dd_sum += dd_part[: rb * segments].sum(0)
+        dbias_sum += dbias_part[: rb * segments].sum(0)
+    dA = da_sum.t().to(A.dtype)
+    dD = dd_sum.to(D.dtype) if D is not None else _empty(dev)
+    dbias = dbias_sum.to(delta_bias.dtype) if delta_bias is not None else _empty(dev)
     return du, ddelta, dA, dB, dC, dD, dz, dbias, y
 
 
