@@ -138,6 +138,11 @@ def run_case(backend, config, batch, length, dim, device, warmup, reps, grad: bo
         inputs = make_inputs(batch, length, dim, D_STATE, device, channel_last=backend == "triton")
         fn = scan_fn(backend)
         record = {}
+        if backend == "triton":  # how many time segments run in parallel, under this config
+            from dimlab.kernels.scan import num_segments
+
+            record["segments_fwd"] = num_segments(batch, dim, length, device, training=False)
+            record["segments_train"] = num_segments(batch, dim, length, device, training=True)
         with torch.no_grad():
             record["fwd_ms"] = median_seconds(lambda: fn(inputs), device, warmup, reps) * 1e3
         if grad:
@@ -252,11 +257,6 @@ def main(argv=None) -> int:
                 if "copy_gbps" in meta:
                     record["bytes_floor_fwd_ms"] = bytes_fwd / (meta["copy_gbps"] * 1e9) * 1e3
                     record["bytes_floor_fwdbwd_ms"] = 2.5 * bytes_fwd / (meta["copy_gbps"] * 1e9) * 1e3
-                if backend == "triton":
-                    from dimlab.kernels.scan import num_segments
-
-                    record["segments_fwd"] = num_segments(batch, dim, length, device, training=False)
-                    record["segments_train"] = num_segments(batch, dim, length, device, training=True)
                 try:
                     record.update(
                         run_case(backend, config, batch, length, dim, device, warmup, reps, not args.no_grad)
