@@ -10,7 +10,6 @@ Shards are read with webdataset directly (an image under ``png``/``jpg``/``jpeg`
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from dimlab.eval.fid import GaussianStats, stats_from_metric
+from dimlab.files import atomic_write
 
 __all__ = [
     "ReferenceStats",
@@ -53,17 +53,15 @@ class ReferenceStats:
     def save(self, path: str | Path) -> Path:
         """Write the statistics as ``.npz`` (float64 ``mu``/``sigma``; -1 / "" mark unknown count/resolution)."""
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(
-            tmp,
-            mu=self.mu,
-            sigma=self.sigma,
-            count=np.int64(-1 if self.count is None else self.count),
-            resolution=np.int64(-1 if self.resolution is None else self.resolution),
-            source=np.str_(self.source),
-        )
-        os.replace(tmp, out)  # no half-written cache file if interrupted
+        with atomic_write(out, "wb") as fh:  # no half-written cache file if interrupted
+            np.savez(
+                fh,
+                mu=self.mu,
+                sigma=self.sigma,
+                count=np.int64(-1 if self.count is None else self.count),
+                resolution=np.int64(-1 if self.resolution is None else self.resolution),
+                source=np.str_(self.source),
+            )
         return out
 
 

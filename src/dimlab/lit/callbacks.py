@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -13,12 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+from dimlab.files import atomic_write
 
 
 class RunSummary(L.Callback):
@@ -64,7 +58,8 @@ class RunSummary(L.Callback):
                 if torch.is_tensor(v) and v.numel() == 1
             },
         }
-        _write_json_atomic(Path(trainer.default_root_dir) / "summary.json", summary)
+        with atomic_write(Path(trainer.default_root_dir) / "summary.json", "w") as fh:
+            fh.write(json.dumps(summary, indent=2, sort_keys=True))
 
 
 class SampleGrid(L.Callback):
