@@ -15,8 +15,7 @@ from dimlab.flops import (
     uvit_cost,
     uvit_flops,
 )
-from dimlab.models.presets import DIM_PRESETS, build_backbone
-from dimlab.models.uvit import UVIT_PRESETS
+from dimlab.models.presets import DIM_PRESETS, UVIT_PRESETS, build_backbone
 
 # (preset, latent side, tokens, GMACs) from dim-reference.md 3.2.
 DIM_TABLE = [

@@ -15,26 +15,22 @@ from dimlab.diffusion.schedules import build_schedule
 from dimlab.lit.ema import EMA
 from dimlab.lit.sampling import Sampler
 from dimlab.models.spec import backbone_spec
+from dimlab.models.weight_decay import no_weight_decay_names
 
 log = logging.getLogger("dimlab")
-
-_NO_DECAY_HINTS = ("embed", "pad_token", "pos", "A_log", "scale_shift_table", "norm")
 
 
 def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
     """Names of parameters that the "standard" weight-decay mode leaves undecayed.
 
-    Norm weights, embeddings, position embeddings, pad tokens, biases, Mamba's A_log and D. A backbone can
-    state its own list through ``no_weight_decay_names()``.
+    The backbone's own ``no_weight_decay_names()`` (DiM, U-ViT); for any other module the shared rule of
+    :mod:`dimlab.models.weight_decay` with embedding tables exempt: biases and other 1-D parameters (norm
+    weights), mamba-ssm's marked ``A_log`` / ``D`` and embeddings.
     """
     own = getattr(backbone, "no_weight_decay_names", None)
     if callable(own):
         return set(own())
-    names = set()
-    for name, p in backbone.named_parameters():
-        if p.ndim <= 1 or any(h in name for h in _NO_DECAY_HINTS):
-            names.add(name)
-    return names
+    return no_weight_decay_names(backbone, module_types=(nn.Embedding,))
 
 
 # Name parts that FSDP and activation-checkpoint wrappers insert into parameter names.
