@@ -26,7 +26,10 @@ EXTRA_COMMANDS = {
     "sample": ("dimlab.lit.sample_cli", "generate images (PNGs, grid, .npz) from a checkpoint"),
     "shards": ("dimlab.data.cli", "write WebDataset shards (cifar10, imagefolder, digits, latents)"),
     "fid": ("dimlab.eval.cli", "FID of a checkpoint, an image folder or an .npz; reference statistics"),
-    "convert-official": ("dimlab.models.convert", "convert official DiM weights to/from dimlab checkpoints"),
+    "convert-official": (
+        "dimlab.commands.convert_official",
+        "convert official DiM weights to/from dimlab checkpoints",
+    ),
     "ablate": ("dimlab.ablation", "run / dry-run / emit a W&B sweep for an ablation matrix"),
 }
 

@@ -10,7 +10,7 @@ import torch
 
 from dimlab.data.manifest import read_manifest
 from dimlab.highres.check_finetune_inputs import FinetuneInputError, check_checkpoint, main, read_fit_config
-from dimlab.models.convert import backbone_checkpoint
+from dimlab.models.checkpoint import backbone_checkpoint
 from dimlab.models.dim import DiM
 from dimlab.models.presets import build_backbone
 from dimlab.models.spec import backbone_spec

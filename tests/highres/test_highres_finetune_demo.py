@@ -10,8 +10,9 @@ from highres_tiny import TINY_DIM
 
 from dimlab.highres.finetune_demo import DemoSettings, main, run_demo
 from dimlab.lit.module import DiffusionModule
-from dimlab.models.convert import read_backbone_file
-from dimlab.models.dim import DiM, resize_pos_embed
+from dimlab.models.checkpoint import read_backbone_file
+from dimlab.models.dim import DiM
+from dimlab.models.layers import resize_pos_embed
 
 
 def test_init_from_a_low_resolution_checkpoint(tiny_dim_ckpt):

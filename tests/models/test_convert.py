@@ -1,4 +1,4 @@
-"""Official <-> dimlab conversion, config inference, the backbone file format and load_backbone."""
+"""Official <-> dimlab conversion, config inference, the backbone file format, load_backbone and the command."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import json
 import pytest
 import torch
 
-from dimlab.models.convert import (
-    backbone_checkpoint,
+from dimlab.commands.convert_official import main
+from dimlab.models.checkpoint import backbone_checkpoint, load_backbone, load_weights_adapting
+from dimlab.models.dim import DiM
+from dimlab.models.layers import resize_pos_embed
+from dimlab.models.official import (
     convert_official_state_dict,
     dimlab_to_official,
     infer_official_config,
-    load_backbone,
-    load_weights_adapting,
-    main,
     official_to_dimlab,
 )
-from dimlab.models.dim import DiM, resize_pos_embed
 from dimlab.models.presets import DIM_PARAM_COUNTS, DIM_PRESETS
 from dimlab.models.spec import backbone_spec
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from dimlab.models.dim import DiM, resize_pos_embed
+from dimlab.models.dim import DiM
+from dimlab.models.layers import resize_pos_embed
 from dimlab.models.scan_order import PaddedGrid, scan_permutation, skip_pairs
 
 TINY = dict(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=7, num_classes=3, d_state=4)

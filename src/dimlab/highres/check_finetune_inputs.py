@@ -6,7 +6,7 @@ and only then ``dimlab fit``. The check:
 1. reads the fit config (``model.backbone``, ``model.init_from_ema``, ``data``);
 2. opens the low-resolution checkpoint on the meta device (shapes only, no tensor data is read, so a
    multi-GB DiM-H checkpoint takes milliseconds) and runs the real
-   :func:`dimlab.models.convert.load_weights_adapting` against the fine-tune backbone, also built on the meta
+   :func:`dimlab.models.checkpoint.load_weights_adapting` against the fine-tune backbone, also built on the meta
    device: every tensor must match except the position table, which is resized;
 3. resolves the data through the real :class:`dimlab.data.datamodule.ShardDataModule` (``setup("fit")``:
    manifest present, shards present, kind / resolution / classes as configured) and checks that the data
@@ -68,7 +68,7 @@ def read_fit_config(path: str | Path) -> dict[str, Any]:
 
 def check_checkpoint(config: dict[str, Any], ckpt: str | Path) -> FinetuneInputs:
     """Load ``ckpt``'s shapes into the config's backbone on the meta device; FinetuneInputError on a mismatch."""
-    from dimlab.models.convert import load_weights_adapting, read_backbone_file
+    from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
     from dimlab.models.spec import build_from_spec
 
     ckpt = Path(ckpt)

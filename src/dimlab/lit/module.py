@@ -67,7 +67,7 @@ def _fsdp_root(trainer) -> nn.Module | None:
 
 def load_initial_weights(backbone: nn.Module, path: str, ema: bool = True):
     """Copy weights from a checkpoint into ``backbone``, adapting the position table; log what changed."""
-    from dimlab.models.convert import load_weights_adapting, read_backbone_file
+    from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
 
     spec, weights = read_backbone_file(path, map_location="cpu", ema=ema)
     theirs, ours = spec["class_path"], backbone_spec(backbone)["class_path"]

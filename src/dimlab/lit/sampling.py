@@ -229,7 +229,7 @@ def load_sampler(
     The VAE folder recorded at training time is used unless ``vae_path`` overrides it (checkpoints move between
     machines; VAE folders do not travel with them).
     """
-    from dimlab.models.convert import load_backbone
+    from dimlab.models.checkpoint import load_backbone
 
     path = Path(ckpt_path)
     if not path.is_file():
