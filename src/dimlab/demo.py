@@ -53,8 +53,8 @@ def score_checkpoint(
     grid_path: str | Path | None = None,
 ) -> dict:
     """Sample ``per_class`` digits of each class from ``ckpt`` (EMA) and measure class consistency."""
-    from dimlab.lit.sample_cli import save_grid, to_uint8_hwc
-    from dimlab.lit.sampling import load_sampler
+    from dimlab.sampling.images import save_grid, to_uint8_hwc
+    from dimlab.sampling.sampler import load_sampler
 
     sampler = load_sampler(ckpt, ema=True, device="cpu")
     size = sampler.image_size[0]

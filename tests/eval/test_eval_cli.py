@@ -70,9 +70,9 @@ def _tiny_checkpoint(tmp_path):
 
 
 def test_score_a_checkpoint(tmp_path, random_inception_weights):
-    from dimlab.eval.quantize import to_uint8
+    from dimlab.data.transforms import to_uint8
     from dimlab.eval.split import official_labels, sample_seeds
-    from dimlab.lit.sampling import load_sampler
+    from dimlab.sampling.sampler import load_sampler
 
     ckpt = _tiny_checkpoint(tmp_path)
     grey = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8), dtype=np.uint8)

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
+from dimlab.data.transforms import to_uint8
 from dimlab.eval.fid import frechet_distance, stats_from_metric
-from dimlab.eval.quantize import to_uint8
 from dimlab.eval.ref_stats import ReferenceStats
 from dimlab.eval.split import official_labels, sample_seeds
 from dimlab.lit.fid_callback import FIDCallback, fid_metric_key

@@ -84,7 +84,7 @@ def test_cfg_label_dropout():
 
 def test_checkpoint_holds_backbone_spec_ema_and_rebuilds(tiny_backbone, blob_data, make_trainer, tmp_path):
     import dimlab
-    from dimlab.lit.sampling import load_sampler
+    from dimlab.sampling.sampler import load_sampler
 
     module = _module(tiny_backbone())
     trainer = make_trainer(tmp_path, max_steps=2)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import torch
 
+#: The scale of the SD VAE's latents (``0.18215 * z`` is what the diffusion models see).
 SD_LATENT_SCALE = 0.18215
+#: The SD VAE (kl-f8) downsamples by 8 in each dimension: a 256 px image is a 32x32 latent.
+SD_VAE_FACTOR = 8
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # diffusers' DiagonalGaussianDistribution clamps logvar to this range before use
 LOGVAR_RANGE = (-30.0, 20.0)

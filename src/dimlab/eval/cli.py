@@ -231,7 +231,7 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
         }
 
     from dimlab.eval.split import official_labels
-    from dimlab.lit.sampling import load_sampler
+    from dimlab.sampling.sampler import load_sampler
 
     sampler = load_sampler(args.ckpt, ema=not args.no_ema, device=fabric.device, vae_path=args.vae)
     labels = None

@@ -118,7 +118,7 @@ def build_fid_metric(
     ``FeatureExtractorInceptionV3``, which then never touches the network. ``antialias=False`` keeps
     torch-fidelity's TF1-compatible bilinear resize (what the FID Inception was used with); torchmetrics' own
     default (``True``) switches to torch's antialiased resize, which changes FID for images larger than 299 px.
-    Images must be fed as uint8 (see :func:`dimlab.eval.quantize.to_uint8`).
+    Images must be fed as uint8 (see :func:`dimlab.data.transforms.to_uint8`).
     """
     _require_torch_fidelity()
     from torchmetrics.image.fid import FrechetInceptionDistance

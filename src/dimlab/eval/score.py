@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from dimlab.data.transforms import to_uint8
 from dimlab.eval.fid import GaussianStats, frechet_distance, stats_from_metric
-from dimlab.eval.quantize import to_uint8
 from dimlab.eval.ref_stats import ReferenceStats
 from dimlab.eval.split import rank_slice, sample_seeds
 
@@ -26,7 +26,7 @@ __all__ = ["FIDResult", "SampleFn", "generate_and_score", "score_images"]
 
 SampleFn = Callable[[torch.Tensor, torch.Tensor | None, list[int]], torch.Tensor]
 """``sample_fn(indices, labels, seeds) -> images in [-1, 1]`` (B, C, H, W); sample i must depend only on
-``labels[i]`` and ``seeds[i]`` (e.g. ``dimlab.lit.sampling.per_sample_noise``) for world-size-independent runs."""
+``labels[i]`` and ``seeds[i]`` (e.g. ``dimlab.sampling.sampler.per_sample_noise``) for world-size-independent runs."""
 
 
 @dataclass(frozen=True)

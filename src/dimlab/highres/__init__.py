@@ -6,5 +6,5 @@
   showing that the initialised model starts from a far lower loss than a fresh one.
 
 Training-free upsampling itself lives on the shared sampling path (``dimlab sample --upsample-guidance``,
-:meth:`dimlab.lit.sampling.Sampler.upsample_guidance`); see ``docs/highres.md``.
+:meth:`dimlab.sampling.sampler.Sampler.upsample_guidance`); see ``docs/highres.md``.
 """

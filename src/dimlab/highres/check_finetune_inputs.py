@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-LATENT_DOWNSAMPLE = 8  # SD-VAE kl-f8
+from dimlab.data.vae import SD_VAE_FACTOR
 
 
 class FinetuneInputError(ValueError):
@@ -136,9 +136,9 @@ def _check_data_fits_backbone(config: dict[str, Any], module) -> None:
         return
     expected = (size, size) if isinstance(size, int) else tuple(size)
     latent = module.kind == "latents" or config["model"].get("vae_path") is not None
-    side = module.resolution // LATENT_DOWNSAMPLE if latent else module.resolution
+    side = module.resolution // SD_VAE_FACTOR if latent else module.resolution
     if (side, side) != expected:
-        what = f"data.resolution {module.resolution} / {LATENT_DOWNSAMPLE}" if latent else "data.resolution"
+        what = f"data.resolution {module.resolution} / {SD_VAE_FACTOR}" if latent else "data.resolution"
         raise FinetuneInputError(
             f"{what} = {side} but model.backbone.init_args.input_size is {size}: the fine-tune model must be built "
             "for the data's size"

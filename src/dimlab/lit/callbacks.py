@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from dimlab.files import atomic_write
+from dimlab.sampling.images import save_grid, to_uint8_hwc
 
 
 class RunSummary(L.Callback):
@@ -98,8 +99,6 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def log_grid(self, trainer, pl_module) -> Path:
-        from dimlab.lit.sample_cli import save_grid, to_uint8_hwc
-
         labels = pl_module.grid_labels(self.per_class, self.max_classes)
         seeds = [self.seed + i for i in range(len(labels))]
         was_training = pl_module.training

@@ -10,12 +10,15 @@ import lightning as L
 import torch
 from torch import nn
 
+from dimlab.data.vae import SD_LATENT_SCALE, encode_moments, load_vae, sample_from_moments
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.diffusion.schedules import build_schedule
 from dimlab.lit.ema import EMA
-from dimlab.lit.sampling import Sampler
 from dimlab.models.spec import backbone_spec
 from dimlab.models.weight_decay import no_weight_decay_names
+from dimlab.sampling.sampler import Sampler
+from dimlab.sampling.spec import CHECKPOINT_KEY as DIFFUSION_SPEC_KEY
+from dimlab.sampling.spec import DiffusionSpec
 
 log = logging.getLogger("dimlab")
 
@@ -135,7 +138,7 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: int = 5000,
         ema_decay: float = 0.9999,
         vae_path: str | None = None,
-        latent_scale: float = 0.18215,
+        latent_scale: float = SD_LATENT_SCALE,
         latent_shape: tuple[int, int, int] | None = None,
         compile: bool = False,
         bf16_timesteps: bool = False,
@@ -154,15 +157,23 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(backbone, ema_decay)
         self.schedule = build_schedule(schedule)
         args = backbone_spec(backbone)["init_args"]
-        self.num_classes = int(args.get("num_classes") or 0)
-        if class_conditional and self.num_classes <= 0:
+        num_classes = int(args.get("num_classes") or 0)
+        if class_conditional and num_classes <= 0:
             raise ValueError("model.class_conditional=true needs a backbone with num_classes > 0")
-        if latent_shape:
-            self.latent_shape = tuple(latent_shape)
-        else:
+        if not latent_shape:
             size = args["input_size"]
             hw = (size, size) if isinstance(size, int) else tuple(size)
-            self.latent_shape = (int(args["in_channels"]), *hw)
+            latent_shape = (int(args["in_channels"]), *hw)
+        #: What the checkpoints record about sampling this model (see dimlab.sampling.spec).
+        self.spec = DiffusionSpec(
+            schedule=schedule,
+            latent_shape=tuple(latent_shape),
+            num_classes=num_classes,
+            class_conditional=class_conditional,
+            vae_path=vae_path,
+            latent_space=vae_path is not None,
+            latent_scale=latent_scale,
+        )
         self._vae = None
         self._forward = backbone
         self._step_t0: float | None = None
@@ -172,11 +183,23 @@ class DiffusionModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------------- set-up
     @property
     def latent_space(self) -> bool:
-        return self.hparams.vae_path is not None
+        """Whether the backbone denoises VAE latents (``vae_path`` set) rather than pixels."""
+        return self.spec.latent_space
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """The (C, H, W) the backbone denoises."""
+        return self.spec.latent_shape
+
+    @property
+    def num_classes(self) -> int:
+        """The backbone's real classes (its null id is this number)."""
+        return self.spec.num_classes
 
     @property
     def null_class(self) -> int:
-        return self.num_classes
+        """The unconditional class id."""
+        return self.spec.null_class
 
     def configure_model(self) -> None:
         if self.hparams.compile and self._forward is self.backbone:
@@ -200,8 +223,6 @@ class DiffusionModule(L.LightningModule):
             self._vae = self._load_vae()
 
     def _load_vae(self):
-        from dimlab.data.vae import load_vae
-
         return load_vae(self.hparams.vae_path, device=self.device)
 
     @property
@@ -226,8 +247,6 @@ class DiffusionModule(L.LightningModule):
         """
         if not self.latent_space:
             return x
-        from dimlab.data.vae import encode_moments, sample_from_moments
-
         latent_c = self.latent_shape[0]
         if x.shape[1] == 2 * latent_c:
             moments = x
@@ -266,9 +285,10 @@ class DiffusionModule(L.LightningModule):
             return
         c, h, w = self.latent_shape
         if self.latent_space:
+            f = self.spec.vae_factor
             expected = (
-                f"images of {8 * h}x{8 * w} pixels (the VAE downsamples by 8, so data.resolution must be a "
-                f"multiple of 8) or VAE moments of shape ({2 * c}, {h}, {w})"
+                f"images of {f * h}x{f * w} pixels (the VAE downsamples by {f}, so data.resolution must be a "
+                f"multiple of {f}) or VAE moments of shape ({2 * c}, {h}, {w})"
             )
         else:
             expected = f"pixel batches of shape ({c}, {h}, {w})"
@@ -421,15 +441,7 @@ class DiffusionModule(L.LightningModule):
             for k in ema_keys:
                 del state[k]
         checkpoint["dimlab_backbone"] = backbone_spec(self.backbone)
-        checkpoint["dimlab_diffusion"] = {
-            "schedule": self.hparams.schedule,
-            "latent_space": self.latent_space,
-            "vae_path": self.hparams.vae_path,
-            "latent_scale": self.hparams.latent_scale,
-            "latent_shape": list(self.latent_shape),
-            "num_classes": self.num_classes,
-            "class_conditional": self.hparams.class_conditional,
-        }
+        checkpoint[DIFFUSION_SPEC_KEY] = self.spec.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         ema = checkpoint.get("ema_backbone")
@@ -447,16 +459,7 @@ class DiffusionModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> Sampler:
         """A :class:`Sampler` over the EMA (default) or raw backbone, sharing this module's VAE."""
-        net = self.ema.module if use_ema else self.backbone
-        return Sampler(
-            backbone=net,
-            schedule_name=self.hparams.schedule,
-            latent_shape=self.latent_shape,
-            num_classes=self.num_classes,
-            class_conditional=self.hparams.class_conditional,
-            vae=self.vae,
-            latent_scale=self.hparams.latent_scale,
-        )
+        return Sampler(self.ema.module if use_ema else self.backbone, self.spec, self.vae)
 
     def grid_labels(self, per_class: int, max_classes: int = 10) -> list[int]:
         """Labels for a sample grid: one row per class (the first ``max_classes``), ``per_class`` columns."""

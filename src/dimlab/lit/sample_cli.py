@@ -12,6 +12,8 @@ import torch
 
 from dimlab.diffusion.fast_eval import add_fast_eval_arguments
 from dimlab.diffusion.samplers import SAMPLERS
+from dimlab.sampling.images import save_grid, save_npz, save_pngs, to_uint8_hwc
+from dimlab.sampling.sampler import load_sampler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,37 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C), rounded like a saved PNG."""
-    x = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_grid(images: np.ndarray, path: Path, nrow: int) -> None:
-    """Tile uint8 (B, H, W, C) images into one PNG, ``nrow`` images per row."""
-    from PIL import Image
-
-    b, h, w, c = images.shape
-    rows = math.ceil(b / nrow)
-    grid = np.zeros((rows * h, nrow * w, c), dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, col = divmod(i, nrow)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from PIL import Image
-
-    from dimlab.lit.sampling import load_sampler
-
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.cuda_graphs and torch.device(device).type != "cuda":
         raise SystemExit(f"--cuda-graphs needs a CUDA device, but sampling would run on {device}")
     sampler = load_sampler(args.ckpt, ema=not args.no_ema, device=device, vae_path=args.vae)
     latent_shape = sampler.latent_shape
-    factor = sampler.image_size[0] // latent_shape[1]
+    factor = sampler.spec.vae_factor if sampler.spec.latent_space else 1
     if args.resolution:
         h, w = (args.resolution * 2)[:2] if len(args.resolution) == 1 else args.resolution[:2]
         if h % factor or w % factor:
@@ -172,13 +151,12 @@ def main(argv: list[str] | None = None) -> int:
             cuda_graphs=args.cuda_graphs,
         )
         arr = to_uint8_hwc(imgs)
-        for i, img in zip(idx, arr, strict=True):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
+        save_pngs(arr, out, idx)
         chunks.append(arr)
     images = np.concatenate(chunks)
     save_grid(images, out / "grid.png", nrow=int(math.ceil(math.sqrt(args.num))))
     if args.npz:
-        np.savez(out / "samples.npz", arr_0=images)
+        save_npz(images, out / "samples.npz")
     (out / "sample_args.json").write_text(json.dumps({**vars(args), "labels": labels}, indent=2))
     print(f"wrote {args.num} images to {out}")
     return 0
