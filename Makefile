@@ -56,7 +56,7 @@ DEVICES ?= auto
 FT_CONFIG ?= experiments/imagenet512/dim_h2_ft.yaml
 
 finetune-512: ## fine-tune DiM-H/2 256 -> 512 (CKPT_256=..., DATA_512=..., DEVICES=...); checks inputs first
-	$(BIN)/python -m dimlab.highres.check_finetune_inputs --config $(FT_CONFIG) --ckpt $(CKPT_256) --data $(DATA_512)
+	$(BIN)/dimlab check-finetune --config $(FT_CONFIG) --ckpt $(CKPT_256) --data $(DATA_512)
 	$(BIN)/dimlab fit --config $(FT_CONFIG) --model.init_from=$(CKPT_256) --data.train_shards=$(DATA_512) --trainer.devices=$(DEVICES)
 
 finetune-demo: ## CPU toy weak-to-strong: digits 8 px -> 16 px, fresh vs initialised from the 8 px model

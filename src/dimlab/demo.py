@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console()
-    torch.set_flush_denormal(True)  # see dimlab.cli.main
+    torch.set_flush_denormal(True)  # see dimlab.commands.main.main
     resolution = int(OmegaConf.load(args.config).data.resolution)
     data = Path(args.data)
     if not (data / "manifest.json").is_file():
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     t0 = time.perf_counter()
     if not args.skip_train:
-        from dimlab.cli import DimlabCLI
+        from dimlab.commands.fit import DimlabCLI
 
         cli_args = [
             "fit",

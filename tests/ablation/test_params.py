@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dimlab.ablation.cli import main
 from dimlab.ablation.matrix import load_matrix
 from dimlab.ablation.params import build_backbone_on_meta, count_parameters
+from dimlab.commands.ablate import main
 from dimlab.models.dim import DiM
 from dimlab.models.presets import DIM_PARAM_COUNTS
 

@@ -13,8 +13,8 @@ import json
 import pytest
 import yaml
 
-from dimlab.ablation.cli import main
 from dimlab.ablation.runner import COMMAND_FILE, LOG_FILE, find_last_checkpoint, read_summary
+from dimlab.commands.ablate import main
 from dimlab.data.digits import write_digits_shards
 
 from .conftest import tiny_experiment

@@ -10,10 +10,10 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from dimlab.ablation.cli import main
 from dimlab.ablation.matrix import MatrixError, load_matrix
 from dimlab.ablation.sweep import build_sweep
-from dimlab.cli import DimlabCLI
+from dimlab.commands.ablate import main
+from dimlab.commands.fit import DimlabCLI
 from dimlab.models.dim import DiM
 
 from .conftest import TINY_DIM

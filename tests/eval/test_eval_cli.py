@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dimlab.eval.cli import main
+from dimlab.commands.fid import main
 from dimlab.eval.ref_stats import load_reference_stats
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dimlab.commands.check_finetune import FinetuneInputError, check_checkpoint, main, read_fit_config
 from dimlab.data.manifest import read_manifest
-from dimlab.highres.check_finetune_inputs import FinetuneInputError, check_checkpoint, main, read_fit_config
 from dimlab.models.checkpoint import backbone_checkpoint
 from dimlab.models.dim import DiM
 from dimlab.models.presets import build_backbone

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dimlab.cli import main
+from dimlab.commands.main import main
 from dimlab.models.dim import DiM
 from dimlab.sampling.sampler import load_sampler, upsample_factor
 

@@ -147,7 +147,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_validate_and_test_subcommands_report_the_ema_loss(tmp_path):
     """`dimlab validate` and `dimlab test` run the EMA loss over the held-out split of a shard folder."""
-    from dimlab.cli import DimlabCLI
+    from dimlab.commands.fit import DimlabCLI
     from dimlab.data.digits import write_digits_shards
 
     write_digits_shards(tmp_path / "digits", size=8, shard_size=100)

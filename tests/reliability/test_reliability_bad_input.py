@@ -22,7 +22,7 @@ import torch
 from reliability_cli import fit_args
 from torch.utils.data import DataLoader, Dataset
 
-from dimlab.cli import main
+from dimlab.commands.main import main
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.dim import DiM
 from tiny_models import tiny_dim, tiny_trainer, tiny_uvit

@@ -1,6 +1,6 @@
 """``dimlab shards ...``: the shard-writing commands (imagefolder, cifar10, digits, latents).
 
-The top-level ``dimlab`` command dispatches ``dimlab shards ARGS`` to :func:`main` with ``ARGS``.
+The ``dimlab`` dispatcher runs ``dimlab shards ARGS`` as :func:`main` with ``ARGS``.
 """
 
 from __future__ import annotations

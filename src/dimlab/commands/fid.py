@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimlab.diffusion.fast_eval import add_fast_eval_arguments
+from dimlab.commands.options import add_fast_eval_arguments
 from dimlab.eval.inception import (
     InceptionWeightsNotFoundError,
     is_official_weights,
