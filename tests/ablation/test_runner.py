@@ -39,7 +39,10 @@ def digits_matrix(tmp_path, write_matrix):
             "wandb": {"project": "dimlab-test", "mode": "offline"},
             "metrics": ["train/loss", "class_consistency"],
             # The demo's metric, for real: samples of the tiny model scored by an SVM trained on digits.
-            "scorer": {"callable": "dimlab.demo.score_checkpoint", "args": {"per_class": 2, "steps": 3}},
+            "scorer": {
+                "callable": "dimlab.demos.digits.score_checkpoint",
+                "args": {"per_class": 2, "steps": 3},
+            },
         }
     )
 

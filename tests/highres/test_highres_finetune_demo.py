@@ -8,7 +8,7 @@ import pytest
 import torch
 from highres_tiny import TINY_DIM
 
-from dimlab.highres.finetune_demo import DemoSettings, main, run_demo
+from dimlab.demos.finetune import DemoSettings, main, run_demo
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.checkpoint import read_backbone_file
 from dimlab.models.dim import DiM

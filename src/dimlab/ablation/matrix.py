@@ -13,7 +13,7 @@ works). Keys::
     rows: [{name: a, long_skips: false, overrides: {...}}]
     extra_rows: [{name: uvit_s2, base: experiments/cifar10/uvit_s2.yaml, overrides: {...}}]
     metrics: [fid/10k_dpmpp50_cfg0]
-    scorer: {callable: dimlab.demo.score_checkpoint, args: {per_class: 10}}   # optional, see below
+    scorer: {callable: dimlab.demos.digits.score_checkpoint, args: {per_class: 10}}   # optional, see below
 
 ``scorer`` names a function ``f(checkpoint_path, **args) -> dict`` run on each finished row's ``last.ckpt``
 after training (in the ``dimlab ablate`` process); its numbers land in ``<row>/score.json`` and can be listed
