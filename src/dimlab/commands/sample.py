@@ -1,4 +1,8 @@
-"""``dimlab sample``: images from a checkpoint as PNGs, a grid and optionally an ``.npz`` of uint8 images."""
+"""``dimlab sample``: images from a checkpoint as PNGs, a grid and optionally an ``.npz`` of uint8 images.
+
+Seeds and random labels follow :func:`dimlab.eval.split.sample_seeds` and :func:`dimlab.eval.split.official_labels`,
+the rule ``dimlab fid`` uses, so both commands draw the same first images from one checkpoint and seed.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 
 from dimlab.commands.options import add_fast_eval_arguments
 from dimlab.diffusion.samplers import SAMPLERS
+from dimlab.eval.split import official_labels, sample_seeds
 from dimlab.sampling.images import save_grid, save_npz, save_pngs, to_uint8_hwc
 from dimlab.sampling.sampler import load_sampler
 
@@ -38,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: dpm++, or plain dpm with --upsample-guidance (what the released 1024/1536 evaluator runs)",
     )
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="base seed: image i and the random labels follow the seed rule of `dimlab fid` (same seed, same images)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument(
         "--resolution",
@@ -131,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.class_labels:
             labels = [args.class_labels[i % len(args.class_labels)] for i in range(args.num)]
         else:
-            g = torch.Generator().manual_seed(args.seed)
-            labels = torch.randint(0, sampler.num_classes, (args.num,), generator=g).tolist()
+            labels = official_labels(args.num, sampler.num_classes, args.seed).tolist()
     else:
         labels = [sampler.null_class] * args.num
     chunks = []
@@ -140,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         idx = list(range(start, min(args.num, start + args.batch_size)))
         imgs = sampler.sample(
             [labels[i] for i in idx],
-            [args.seed + i for i in idx],
+            sample_seeds(args.seed, idx),
             cfg_scale=args.cfg_scale,
             sampler=args.sampler,
             steps=args.steps,

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from dimlab.eval.split import sample_seeds
+
 #: The demo's ``dimlab fit`` config, shipped inside the package (so the demo works from any install).
 DEFAULT_CONFIG = resources.files("dimlab.demos") / "digits.yaml"
 
@@ -64,7 +66,7 @@ def score_checkpoint(
     t0 = time.perf_counter()
     images = to_uint8_hwc(
         sampler.sample(
-            labels, [seed + i for i in range(len(labels))], cfg_scale=cfg_scale, sampler="dpm++", steps=steps
+            labels, sample_seeds(seed, range(len(labels))), cfg_scale=cfg_scale, sampler="dpm++", steps=steps
         )
     )
     sample_seconds = time.perf_counter() - t0

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from dimlab.eval.split import sample_seeds
 from dimlab.files import atomic_write
 from dimlab.sampling.images import save_grid, to_uint8_hwc
 
@@ -66,7 +67,8 @@ class RunSummary(L.Callback):
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA weights and log it.
 
-    One row per class (the first ``max_classes``), ``per_class`` columns, fixed seeds so grids are comparable
+    One row per class (the first ``max_classes``), ``per_class`` columns, fixed seeds (the rule of ``dimlab fid``,
+    :func:`dimlab.eval.split.sample_seeds`) so grids are comparable
     across steps. The PNG goes to ``<default_root_dir>/samples/step_XXXXXXX.png`` and, with a W&B logger, to
     ``samples/grid`` as an image.
     """
@@ -100,7 +102,7 @@ class SampleGrid(L.Callback):
     @rank_zero_only
     def log_grid(self, trainer, pl_module) -> Path:
         labels = pl_module.grid_labels(self.per_class, self.max_classes)
-        seeds = [self.seed + i for i in range(len(labels))]
+        seeds = sample_seeds(self.seed, range(len(labels)))
         was_training = pl_module.training
         images = pl_module.sampler(use_ema=True).sample(
             labels, seeds, cfg_scale=self.cfg_scale, sampler=self.sampler, steps=self.steps
