@@ -15,7 +15,7 @@ from dimlab.lit.callbacks import RunSummary
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
 from dimlab.lit.faults import NonFiniteGuard, PreemptionCheckpoint, SkippedSampleMonitor
 from dimlab.lit.module import DiffusionModule
-from dimlab.lit.wandb_logging import WandbSaveConfigCallback
+from dimlab.lit.wandb_config import WandbSaveConfigCallback
 
 
 class DimlabCLI(LightningCLI):

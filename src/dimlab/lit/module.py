@@ -13,7 +13,8 @@ from torch import nn
 from dimlab.data.vae import SD_LATENT_SCALE, encode_moments, load_vae, sample_from_moments
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.diffusion.schedules import build_schedule
-from dimlab.lit.ema import EMA
+from dimlab.lit.ema import EMA, exclude_from_fsdp, fsdp_root, restore_ema_state, store_ema_state, update_ema
+from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
 from dimlab.models.spec import backbone_spec
 from dimlab.models.weight_decay import no_weight_decay_names
 from dimlab.sampling.sampler import Sampler
@@ -21,6 +22,9 @@ from dimlab.sampling.spec import CHECKPOINT_KEY as DIFFUSION_SPEC_KEY
 from dimlab.sampling.spec import DiffusionSpec
 
 log = logging.getLogger("dimlab")
+
+# Where the EMA's weights sit in the module's state dict (the attribute ``ema``, an EMA wrapping ``module``).
+_EMA_PREFIX = "ema.module."
 
 
 def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
@@ -36,42 +40,8 @@ def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
     return no_weight_decay_names(backbone, module_types=(nn.Embedding,))
 
 
-# Name parts that FSDP and activation-checkpoint wrappers insert into parameter names.
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-
-
-class _UnwrappedTensors:
-    """A backbone's tensors under their plain names (wrapper prefixes removed), shaped like a module for
-    :meth:`EMA.update`, which only reads ``state_dict()``. Used under FSDP inside ``summon_full_params``, where the
-    parameters are whole but ``state_dict()`` would go through FSDP's own hooks."""
-
-    def __init__(self, module: nn.Module, names):
-        tensors = {}
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            for prefix in _WRAPPER_PREFIXES:
-                name = name.replace(prefix, "")
-            tensors[name] = tensor
-        missing = [n for n in names if n not in tensors]
-        if missing:
-            raise RuntimeError(f"EMA update under FSDP: backbone tensors not found: {missing[:5]}")
-        self._tensors = {n: tensors[n] for n in names}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._tensors
-
-
-def _fsdp_root(trainer) -> nn.Module | None:
-    """The FSDP-wrapped root module when training under Lightning's FSDPStrategy, else None."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    model = getattr(getattr(trainer, "strategy", None), "model", None)
-    return model if isinstance(model, FullyShardedDataParallel) else None
-
-
 def load_initial_weights(backbone: nn.Module, path: str, ema: bool = True):
     """Copy weights from a checkpoint into ``backbone``, adapting the position table; log what changed."""
-    from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
-
     spec, weights = read_backbone_file(path, map_location="cpu", ema=ema)
     theirs, ours = spec["class_path"], backbone_spec(backbone)["class_path"]
     if theirs != ours:
@@ -204,19 +174,8 @@ class DiffusionModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.hparams.compile and self._forward is self.backbone:
             self._forward = torch.compile(self.backbone)
-        from lightning.pytorch.strategies import FSDPStrategy
-
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, FSDPStrategy):
-            # The EMA stays whole on every rank (FSDP ignores it): it is updated from the gathered backbone in
-            # optimizer_step, and sharding it would put its tensors in FSDP's flat buffers under other names.
-            if not strategy.kwargs.get("use_orig_params", True):
-                raise ValueError(
-                    "FSDPStrategy(use_orig_params=False) is not supported: the EMA needs the original parameters"
-                )
-            ignored = strategy.kwargs.setdefault("ignored_modules", [])
-            if not any(m is self.ema for m in ignored):
-                ignored.append(self.ema)
+        exclude_from_fsdp(strategy, self.ema)
 
     def setup(self, stage: str) -> None:
         if self.latent_space and self._vae is None:
@@ -367,11 +326,11 @@ class DiffusionModule(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def on_fit_start(self) -> None:
-        if _fsdp_root(self._trainer) is not None:
+        if fsdp_root(self._trainer) is not None:
             self.ema.to(self.trainer.strategy.root_device)  # FSDP moves only what it manages
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        root = _fsdp_root(self._trainer)
+        root = fsdp_root(self._trainer)
         if root is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
             root.clip_grad_norm_(
                 gradient_clip_val
@@ -384,14 +343,7 @@ class DiffusionModule(L.LightningModule):
         if self.optimizer_step_skipped:
             self.optimizer_step_skipped = False
             return
-        root = _fsdp_root(self._trainer)
-        if root is None:
-            self.ema.update(self.backbone)
-            return
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
-            self.ema.update(_UnwrappedTensors(self.backbone, self.ema.module.state_dict().keys()))
+        update_ema(self.ema, self.backbone, self._trainer)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -424,37 +376,12 @@ class DiffusionModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        ema_prefix = "ema.module."
-        ema_keys = [k for k in state if k.startswith(ema_prefix)]
-        if ema_keys:
-            checkpoint["ema_backbone"] = {k[len(ema_prefix) :]: state[k] for k in ema_keys}
-        elif state:  # a state dict without the EMA (FSDP leaving out the module it ignores): it is whole here
-            checkpoint["ema_backbone"] = {
-                k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()
-            }
-        else:  # FSDP gathers the state on rank 0 only; this rank writes nothing
-            checkpoint["ema_backbone"] = {}
-        # FSDP loads the module state from the file strictly, before on_load_checkpoint could put the EMA back,
-        # so its checkpoints keep the EMA keys; the tensors are shared with ema_backbone and stored once.
-        if _fsdp_root(self._trainer) is None:
-            for k in ema_keys:
-                del state[k]
+        store_ema_state(checkpoint, self.ema, _EMA_PREFIX, self._trainer)
         checkpoint["dimlab_backbone"] = backbone_spec(self.backbone)
         checkpoint[DIFFUSION_SPEC_KEY] = self.spec.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        ema = checkpoint.get("ema_backbone")
-        if not ema:
-            return
-        state = checkpoint.get("state_dict")
-        if (
-            state is None
-        ):  # FSDP has already loaded (and removed) the module state; the EMA lives outside FSDP
-            self.ema.module.load_state_dict(ema)
-            return
-        for k, v in ema.items():
-            state.setdefault("ema.module." + k, v)
+        restore_ema_state(checkpoint, self.ema, _EMA_PREFIX)
 
     # ---------------------------------------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> Sampler:
