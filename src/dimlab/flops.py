@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dimlab.models.dim import DiM
 from dimlab.models.scan_order import skip_pairs
+from dimlab.models.uvit import UViT
 
 __all__ = [
     "H100_BF16_DENSE_TFLOPS",
@@ -73,10 +75,7 @@ class ForwardCost:
 
 def _resolved_args(cls_path: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments of the backbone class with ``config`` applied over the defaults."""
-    if cls_path == "dim":
-        from dimlab.models.dim import DiM as cls
-    else:
-        from dimlab.models.uvit import UViT as cls
+    cls = DiM if cls_path == "dim" else UViT
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(config) - set(params) - {"self"})
     if unknown:
@@ -167,9 +166,6 @@ def uvit_cost(config: Mapping[str, Any], input_hw: tuple[int, int] | int | None 
 
 def backbone_cost(backbone: Any, input_hw: tuple[int, int] | int | None = None) -> ForwardCost:
     """Forward MACs per sample of a built DiM or UViT module (read from its recorded ``init_args``)."""
-    from dimlab.models.dim import DiM
-    from dimlab.models.uvit import UViT
-
     if isinstance(backbone, DiM):
         return dim_cost(backbone.init_args, input_hw)
     if isinstance(backbone, UViT):

@@ -25,8 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+from dimlab.data.datamodule import ShardDataModule
 from dimlab.data.vae import SD_VAE_FACTOR
+from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
+from dimlab.models.spec import build_from_spec
 
 
 class FinetuneInputError(ValueError):
@@ -51,8 +55,6 @@ class FinetuneInputs:
 
 def read_fit_config(path: str | Path) -> dict[str, Any]:
     """The fit config as plain containers, omegaconf interpolations resolved (as ``dimlab fit`` reads it)."""
-    from omegaconf import OmegaConf
-
     path = Path(path)
     if not path.is_file():
         raise FinetuneInputError(f"--config {path}: file not found")
@@ -68,9 +70,6 @@ def read_fit_config(path: str | Path) -> dict[str, Any]:
 
 def check_checkpoint(config: dict[str, Any], ckpt: str | Path) -> FinetuneInputs:
     """Load ``ckpt``'s shapes into the config's backbone on the meta device; FinetuneInputError on a mismatch."""
-    from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
-    from dimlab.models.spec import build_from_spec
-
     ckpt = Path(ckpt)
     if not ckpt.is_file():
         raise FinetuneInputError(
@@ -110,8 +109,6 @@ def check_checkpoint(config: dict[str, Any], ckpt: str | Path) -> FinetuneInputs
 
 def check_data(config: dict[str, Any], data: str | Path) -> tuple[int, int | None]:
     """Resolve ``data`` as the config's training shards; returns (number of shards, samples or None)."""
-    from dimlab.data.datamodule import ShardDataModule
-
     data = str(data)
     if not Path(data).exists() and not any(c in data for c in "{*?["):
         raise FinetuneInputError(

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
 #: The scale of the SD VAE's latents (``0.18215 * z`` is what the diffusion models see).
 SD_LATENT_SCALE = 0.18215
@@ -28,8 +29,6 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     Raises ``FileNotFoundError`` / ``ValueError`` naming the folder when it is missing or is not a diffusers
     VAE (a ``config.json`` with ``_class_name: AutoencoderKL`` plus ``diffusion_pytorch_model`` weights).
     """
-    from diffusers import AutoencoderKL
-
     folder = Path(path)
     expected = (
         "a diffusers AutoencoderKL folder with config.json and diffusion_pytorch_model.safetensors (or .bin)"

@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+from sklearn.svm import SVC
 
+from dimlab.commands.fit import DimlabCLI
+from dimlab.data.digits import load_digits_images, split_train_val, write_digits_shards
 from dimlab.eval.split import sample_seeds
+from dimlab.sampling.images import save_grid, to_uint8_hwc
+from dimlab.sampling.sampler import load_sampler
 
 #: The demo's ``dimlab fit`` config, shipped inside the package (so the demo works from any install).
 DEFAULT_CONFIG = resources.files("dimlab.demos") / "digits.yaml"
@@ -31,10 +38,6 @@ def train_digit_classifier(size: int = 16, val_fraction: float = 0.1, seed: int 
     Returns ``(classifier, held_out_accuracy)``; the held-out set is the demo's validation split, which the
     diffusion model never sees either.
     """
-    from sklearn.svm import SVC
-
-    from dimlab.data.digits import load_digits_images, split_train_val
-
     images, labels = load_digits_images(size)
     train, val = split_train_val(len(images), val_fraction, seed)
     features = images.reshape(len(images), -1).astype(np.float32) / 255.0
@@ -57,9 +60,6 @@ def score_checkpoint(
     grid_path: str | Path | None = None,
 ) -> dict:
     """Sample ``per_class`` digits of each class from ``ckpt`` (EMA) and measure class consistency."""
-    from dimlab.sampling.images import save_grid, to_uint8_hwc
-    from dimlab.sampling.sampler import load_sampler
-
     sampler = load_sampler(ckpt, ema=True, device="cpu")
     size = sampler.image_size[0]
     labels = [c for c in range(10) for _ in range(per_class)]
@@ -93,23 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="score the existing last.ckpt only")
     args = parser.parse_args(argv)
 
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     torch.set_flush_denormal(True)  # see dimlab.commands.main.main
     resolution = int(OmegaConf.load(args.config).data.resolution)
     data = Path(args.data)
     if not (data / "manifest.json").is_file():
-        from dimlab.data.digits import write_digits_shards
-
         console.print(f"[bold]writing {resolution} px digit shards to {data}[/]")
         write_digits_shards(data, size=resolution)
     out = Path(args.out)
     t0 = time.perf_counter()
     if not args.skip_train:
-        from dimlab.commands.fit import DimlabCLI
-
         cli_args = [
             "fit",
             "--config",

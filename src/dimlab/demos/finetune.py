@@ -24,9 +24,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from rich.console import Console
+from rich.table import Table
 
+from dimlab.data.datamodule import ShardDataModule
+from dimlab.data.digits import write_digits_shards
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.lit.module import DiffusionModule
+from dimlab.models.dim import DiM
 
 NUM_CLASSES = 10
 
@@ -62,8 +67,6 @@ class LossRecorder(L.Callback):
 
 def ensure_digit_shards(root: str | Path, size: int) -> Path:
     """``root/digits{size}``: digit shards at ``size`` px, written unless a manifest is already there."""
-    from dimlab.data.digits import write_digits_shards
-
     folder = Path(root) / f"digits{size}"
     if not (folder / "manifest.json").is_file():
         write_digits_shards(folder, size=size)
@@ -72,8 +75,6 @@ def ensure_digit_shards(root: str | Path, size: int) -> Path:
 
 def make_backbone(settings: DemoSettings, size: int, pad_fill: str):
     """The demo DiM at ``size`` px (patch 2, 1 channel, 10 classes), initialised from ``settings.seed``."""
-    from dimlab.models.dim import DiM
-
     torch.manual_seed(settings.seed)
     return DiM(
         input_size=size,
@@ -114,8 +115,6 @@ def make_module(
 
 def make_data(shards: Path, size: int, settings: DemoSettings):
     """The real shard DataModule over ``shards`` (train and val splits), single-process and unflipped."""
-    from dimlab.data.datamodule import ShardDataModule
-
     return ShardDataModule(
         train_shards=str(shards),
         val_shards=str(shards),
@@ -224,9 +223,6 @@ def run_demo(settings: DemoSettings, data_root: str | Path, out: str | Path, pro
 
 def print_report(result: dict) -> None:
     """A short rich table of the comparison."""
-    from rich.console import Console
-    from rich.table import Table
-
     s = result["settings"]
     ft, fresh = result["finetuned"], result["fresh"]
     table = Table(

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from rich.progress import track
 
 from dimlab.diffusion.broadcast import per_sample
 from dimlab.diffusion.schedules import NoiseSchedule
@@ -242,8 +243,6 @@ class DPMSolver:
 
         iterator = plan
         if progress:
-            from rich.progress import track
-
             iterator = track(plan, description="DPM-Solver" + ("++" if self.predict_x0 else ""))
         for times in iterator:
             x = self.update(x, times)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from rich.progress import track
 
 from dimlab.diffusion import rng
 from dimlab.diffusion.broadcast import per_sample
@@ -32,7 +33,6 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _maybe_track(items: list, progress: bool, description: str) -> Iterable:
     if not progress:
         return items
-    from rich.progress import track
 
     return track(items, description=description)
 
