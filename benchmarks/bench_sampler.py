@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import synchronize  # noqa: E402 - shared helpers beside this script
-from bench_train import (  # noqa: E402
+from bench_common import (  # noqa: E402 - shared helpers beside this script
     QUICK_OVERRIDES,
     ResultLog,
     device_and_models,
     device_name,
     free_memory,
     run_metadata,
+    synchronize,
 )
 from dimlab.models.presets import build_backbone
 from dimlab.sampling.sampler import Sampler

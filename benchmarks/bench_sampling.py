@@ -33,8 +33,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import median_seconds, synchronize  # noqa: E402 - shared helpers beside this script
-from bench_train import ResultLog, free_memory, is_oom, run_metadata  # noqa: E402
+from bench_common import (  # noqa: E402 - shared helpers beside this script
+    ResultLog,
+    free_memory,
+    is_oom,
+    median_seconds,
+    run_metadata,
+    synchronize,
+)
 from dimlab.data.vae import SD_VAE_FACTOR  # noqa: E402
 from dimlab.diffusion.guidance import cfg_model_fn  # noqa: E402
 from dimlab.flops import backbone_cost  # noqa: E402

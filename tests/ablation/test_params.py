@@ -72,7 +72,9 @@ def test_dry_run_prints_rows_and_counts_without_training(experiment, write_matri
 
 
 def test_invalid_matrix_exits_with_status_2_and_names_the_key(experiment, write_matrix, capsys):
-    path = write_matrix({"base": "../experiments/tiny.yaml", "axes": {"skip_connections": [True]}, "design": "full"})
+    path = write_matrix(
+        {"base": "../experiments/tiny.yaml", "axes": {"skip_connections": [True]}, "design": "full"}
+    )
     assert main([str(path), "--dry-run"]) == 2
     assert "axes.skip_connections: unknown axis" in capsys.readouterr().out.replace("\n", "")
 
