@@ -9,8 +9,8 @@ import pytest
 from dimlab.ablation.matrix import load_matrix
 from dimlab.ablation.params import build_backbone_on_meta, count_parameters
 from dimlab.commands.ablate import main
-from dimlab.models.dim import DiM
 from dimlab.models.presets import DIM_PARAM_COUNTS
+from tiny_models import tiny_dim
 
 from .conftest import TINY_DIM
 
@@ -24,7 +24,7 @@ AXES = {
 
 
 def _eager_count(**flags) -> int:
-    return sum(p.numel() for p in DiM(**TINY_DIM, **flags).parameters())
+    return sum(p.numel() for p in tiny_dim(**TINY_DIM, **flags).parameters())
 
 
 def test_meta_count_matches_an_eagerly_built_backbone(experiment, write_matrix):

@@ -15,7 +15,6 @@ import yaml
 
 from dimlab.ablation.runner import COMMAND_FILE, LOG_FILE, find_last_checkpoint, read_summary
 from dimlab.commands.ablate import main
-from dimlab.data.digits import write_digits_shards
 
 from .conftest import tiny_experiment
 
@@ -23,9 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def digits_matrix(tmp_path, write_matrix):
-    shards = tmp_path / "digits"
-    write_digits_shards(shards)
+def digits_matrix(tmp_path, write_matrix, digit_shards):
+    shards = digit_shards(size=16)
     experiment = tmp_path / "experiments" / "tiny.yaml"
     experiment.parent.mkdir(parents=True)
     experiment.write_text(yaml.safe_dump(tiny_experiment(train_shards=str(shards))))

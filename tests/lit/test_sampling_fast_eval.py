@@ -20,7 +20,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 def _sampler(device="cpu") -> Sampler:
     torch.manual_seed(0)
-    backbone = tiny_dim(num_classes=4, channels=1, size=8)
+    backbone = tiny_dim()
     with torch.no_grad():  # the zero-initialised head would make every sample the same
         for p in backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -8,8 +8,10 @@ import torch
 from dimlab.models.layers import resize_pos_embed, timestep_sinusoid
 from dimlab.models.presets import UVIT_PRESETS, build_backbone
 from dimlab.models.uvit import UViT
+from tiny_models import tiny_uvit
 
-TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=5, num_heads=4, num_classes=10)
+#: What these tests change in the tiny recipe: 3 channels, 5 blocks, 4 heads, 10 classes.
+TINY = dict(in_channels=3, depth=5, num_heads=4, num_classes=10)
 
 # Published sizes in millions ("44M", "287M", "501M" in the U-ViT paper's configuration table) and the exact
 # counts of this implementation (recorded in docs/uvit.md). The exact ones were derived by hand from the
@@ -26,7 +28,7 @@ EXACT_COUNTS = {
 
 def _tiny(**overrides) -> UViT:
     torch.manual_seed(0)
-    return UViT(**{**TINY, **overrides})
+    return tiny_uvit(**{**TINY, **overrides})
 
 
 def _analytic_count(kw: dict) -> int:
@@ -129,9 +131,9 @@ def test_bad_input_size_is_a_clear_error():
     with pytest.raises(ValueError, match="t must be a scalar"):
         model(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="depth must be a positive odd"):
-        UViT(**{**TINY, "depth": 4})
+        tiny_uvit(**{**TINY, "depth": 4})
     with pytest.raises(ValueError, match="not divisible by num_heads"):
-        UViT(**{**TINY, "num_heads": 5})
+        tiny_uvit(**{**TINY, "num_heads": 5})
 
 
 def test_gradient_checkpointing_gives_same_gradients():
