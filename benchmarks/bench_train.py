@@ -17,7 +17,7 @@ The batch is a GPU-resident random tensor reused every step, so the data loader 
 adds on top (progress bar, logger connector, per-step ``.item()`` syncs) is not included: these numbers are the
 ceiling the Trainer can reach.
 
-FLOPs are counted analytically by :mod:`dimlab.flops` (dim-reference.md 3.2: linear/conv MACs + selective scan
+FLOPs are counted analytically by :mod:`dimlab.flops` (docs/backbone.md "Compute": linear/conv MACs + selective scan
 ``9 L E N / 2``, times 2 for FLOPs, times 3 for forward + backward). MFU is reported against the H100 datasheet
 dense bf16 peak (989 TFLOP/s, ``--peak-tflops``), against the 790 TFLOP/s matmul ceiling measured on H100
 (``--ceiling-tflops``), and against the bf16 matmul rate measured by this script at start-up.

@@ -1,6 +1,6 @@
 """Analytic compute of the DiM and U-ViT backbones: multiply-accumulates (MACs) per forward, model FLOPs per step.
 
-The count follows dim-reference.md section 3.2: every linear and convolution contributes its MACs, attention its two
+The count (docs/backbone.md, "Compute"): every linear and convolution contributes its MACs, attention its two
 ``L x L`` matmuls (``2 L^2 D``), and the selective scan ``9 L E N / 2`` MACs (mamba issue #110 counts ``9 B L D N``
 FLOPs). Elementwise work (norms, modulation, activations, softmax, the EMA) is not counted, so MFU computed from
 these numbers is the usual "model FLOPs utilisation". Training FLOPs are ``3 x 2 x MACs`` per sample (forward plus
@@ -63,7 +63,7 @@ class ForwardCost:
 
     @property
     def gmacs(self) -> float:
-        """Total in GMACs (the unit of dim-reference.md 3.2 and of most papers' "GFLOPs" columns)."""
+        """Total in GMACs (the unit of docs/backbone.md "Compute" and of most papers' "GFLOPs" columns)."""
         return self.total_macs / 1e9
 
     def flops(self, batch: int = 1, training: bool = True) -> float:

@@ -1,4 +1,4 @@
-"""The DiM backbone: shapes, conditioning, pads, scans, skips, switches, init, sizes (dim-reference.md 1-2)."""
+"""The DiM backbone: shapes, conditioning, pads, scans, skips, switches, init, sizes (docs/backbone.md)."""
 
 from __future__ import annotations
 

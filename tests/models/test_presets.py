@@ -1,4 +1,4 @@
-"""Backbone presets: exact official parameter counts (dim-reference.md 3.1) and name resolution."""
+"""Backbone presets: exact official parameter counts (docs/backbone.md, "Presets") and name resolution."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Weak-to-strong fine-tuning at toy scale on CPU: digits at 8 px, then fine-tuned at 16 px via ``init_from``.
 
-The recipe of the DiM 256 -> 512 fine-tune (dim-reference section 6.1), shrunk to the embedded digits data:
+The recipe of the DiM 256 -> 512 fine-tune (docs/highres.md, "Fine-tuning 256 -> 512"), shrunk to the embedded digits data:
 
 1. write digit shards at the low and the high size (``dimlab shards digits OUT --size 8`` / ``--size 16``);
 2. train a small class-conditional DiM at the low size (4x4 tokens) and save a Lightning checkpoint;
@@ -95,7 +95,7 @@ def make_module(
     """A DiffusionModule with the demo recipe; ``init_from`` loads the raw weights of a low-size checkpoint.
 
     The raw (non-EMA) weights are used: after a short pre-training the EMA still remembers the random init, and
-    the official fine-tune also prefers ``nnet.pth`` when it exists (dim-reference 6.1).
+    the official fine-tune also prefers ``nnet.pth`` when it exists (docs/highres.md).
     """
     return DiffusionModule(
         make_backbone(settings, size, pad_fill),

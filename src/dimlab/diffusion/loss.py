@@ -38,8 +38,8 @@ def epsilon_loss(
     Time is drawn by ``schedule.sample_training_time`` and noise is standard normal in ``x0``'s dtype, both from
     ``generator`` when given. The backbone receives ``schedule.network_time(t)`` (discrete: ``n``; VP:
     ``t * 999``). ``bf16_timesteps=True`` reproduces the official ImageNet trainer, which casts ``n`` to the bf16
-    latent dtype before the network sees it (only 506 distinct values for ``n = 1..1000``; dim-reference section
-    7.7) while the noise level still uses the exact ``n``. It is off by default: we fix the mismatch.
+    latent dtype before the network sees it (only 506 distinct values for ``n = 1..1000``; docs/diffusion.md,
+    "Loss") while the noise level still uses the exact ``n``. It is off by default: we fix the mismatch.
     The caller takes the batch mean (or any weighting).
     """
     if x0.dim() < 2:

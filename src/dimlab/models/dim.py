@@ -1,6 +1,6 @@
 """DiM (Diffusion Mamba, arXiv 2405.14224) backbone: faithful to the released code, with switchable components.
 
-The forward pass follows dim-reference.md section 1.2 step by step; the four paper components (multi-scan, long
+The forward pass follows the released code step by step (docs/backbone.md, "Forward pass"); the four paper components (multi-scan, long
 skips, padding tokens, local feature enhancement) are independent constructor switches, and a switch that is off
 removes its parameters. docs/backbone.md lists the deviations from the official code.
 """
@@ -43,7 +43,7 @@ def _keeps_init(param: nn.Parameter) -> bool:
 
 
 class AdaLNSingle(nn.Module):
-    """PixArt-style adaLN-single: one (B, 3D) modulation vector shared by every block (section 1.2 step 3).
+    """PixArt-style adaLN-single: one (B, 3D) modulation vector shared by every block (forward step 3).
 
     ``e = TimestepEmbedding(sinusoid_256(t)) + class_table(y)``; output ``Linear(D -> 3D)(SiLU(e))``. The class
     table has ``num_classes + 1`` rows (the last is the null class) and no internal label dropout.
@@ -65,7 +65,7 @@ class AdaLNSingle(nn.Module):
 class SkipFusion(nn.Module):
     """U-ViT long-skip fusion: ``Linear(2D -> D)(concat[h, skip])`` or ``Linear_a(h) + Linear_b(skip)``.
 
-    The official code picks concat for D <= 512 and the two-linear sum above (section 1.2 step 7a).
+    The official code picks concat for D <= 512 and the two-linear sum above (forward step 8).
     """
 
     def __init__(self, hidden_size: int, mode: str) -> None:
@@ -255,7 +255,7 @@ class DiM(nn.Module):
 
     # ------------------------------------------------------------------------------------------ construction
     def _init_weights(self) -> None:
-        """Initialisation of the released model (dim-reference.md 1.5; verified numerically there).
+        """Initialisation of the released model (docs/backbone.md, "Initialisation").
 
         Linear biases are zeroed except Mamba's ``dt_proj.bias``; embedding tables ~ N(0, 0.02); each mixer's
         ``out_proj.weight`` is re-drawn kaiming-uniform(a=sqrt 5) and divided by sqrt(depth); the timestep MLP
