@@ -70,16 +70,19 @@ def _multi_scan(value: Any) -> int:
     raise ValueError
 
 
-def _switch(name: str, paper_name: str, tag: str) -> Axis:
-    """A true/false axis that sets the constructor argument ``name``; rows are tagged ``tag`` / ``no<tag>``."""
+def _switch(name: str, paper_name: str, tag: str, flag: str = "", replaced_by: str = "") -> Axis:
+    """A true/false axis that sets the constructor argument ``flag`` (default: ``name``); rows are tagged ``tag`` /
+    ``no<tag>``. ``replaced_by`` marks a key of the first release."""
+    flag = flag or name
     return Axis(
         name=name,
         paper_name=paper_name,
         off=False,
         normalize=_as_bool,
-        to_kwargs=lambda v: {name: v},
+        to_kwargs=lambda v: {flag: v},
         tag=lambda v: tag if v else f"no{tag}",
         expected="true or false",
+        replaced_by=replaced_by,
     )
 
 
@@ -129,16 +132,7 @@ def _padding_tag(value: bool | str) -> str:
 DEPRECATED_AXES: dict[str, Axis] = {
     axis.name: axis
     for axis in (
-        Axis(
-            name="long_skips",
-            paper_name="LSC",
-            off=False,
-            normalize=_as_bool,
-            to_kwargs=lambda v: {"long_skip": v},
-            tag=lambda v: "lsc" if v else "nolsc",
-            expected="true or false",
-            replaced_by="long_skip",
-        ),
+        _switch("long_skips", "LSC", "lsc", flag="long_skip", replaced_by="long_skip"),
         Axis(
             name="padding_tokens",
             paper_name="PT",
@@ -149,16 +143,7 @@ DEPRECATED_AXES: dict[str, Axis] = {
             expected="true, false, 'line_pad_only' or 'cond_separator_only'",
             replaced_by="line_pad and cond_separator",
         ),
-        Axis(
-            name="local_enhancement",
-            paper_name="LFE",
-            off=False,
-            normalize=_as_bool,
-            to_kwargs=lambda v: {"local_enhance": v},
-            tag=lambda v: "lfe" if v else "nolfe",
-            expected="true or false",
-            replaced_by="local_enhance",
-        ),
+        _switch("local_enhancement", "LFE", "lfe", flag="local_enhance", replaced_by="local_enhance"),
     )
 }
 

@@ -144,6 +144,7 @@ class DiffusionModule(L.LightningModule):
             latent_space=vae_path is not None,
             latent_scale=latent_scale,
         )
+        self.latent_shape, self.num_classes = self.spec.latent_shape, self.spec.num_classes
         self._vae = None
         self._forward = backbone
         self._step_t0: float | None = None
@@ -155,16 +156,6 @@ class DiffusionModule(L.LightningModule):
     def latent_space(self) -> bool:
         """Whether the backbone denoises VAE latents (``vae_path`` set) rather than pixels."""
         return self.spec.latent_space
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """The (C, H, W) the backbone denoises."""
-        return self.spec.latent_shape
-
-    @property
-    def num_classes(self) -> int:
-        """The backbone's real classes (its null id is this number)."""
-        return self.spec.num_classes
 
     @property
     def null_class(self) -> int:
