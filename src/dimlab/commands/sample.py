@@ -22,6 +22,7 @@ from dimlab.sampling.sampler import load_sampler
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``dimlab sample``."""
     p = argparse.ArgumentParser(prog="dimlab sample", description=__doc__)
     p.add_argument("--ckpt", required=True, help="dimlab training checkpoint (.ckpt)")
     p.add_argument("--num", type=int, default=16, help="number of images")
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``dimlab sample`` with ``argv`` (without the leading ``sample``); returns the exit status."""
     args = build_parser().parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.cuda_graphs and torch.device(device).type != "cuda":

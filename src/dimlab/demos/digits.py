@@ -84,6 +84,7 @@ def score_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m dimlab.demos.digits``: shards if needed, training (resumed when a checkpoint exists), scoring."""
     parser = argparse.ArgumentParser(prog="python -m dimlab.demos.digits", description=__doc__)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--data", default="data/digits", help="digit shard folder (written if missing)")

@@ -163,6 +163,7 @@ class DiffusionModule(L.LightningModule):
         return self.spec.null_class
 
     def configure_model(self) -> None:
+        """Compile the forward when asked, and keep the EMA out of FSDP's sharding."""
         if self.hparams.compile and self._forward is self.backbone:
             self._forward = torch.compile(self.backbone)
         strategy = self._trainer.strategy if self._trainer is not None else None
@@ -330,6 +331,7 @@ class DiffusionModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_step(self, *args, **kwargs):
+        """The optimizer step, then one EMA step (none when NonFiniteGuard dropped this step's gradients)."""
         super().optimizer_step(*args, **kwargs)
         if self.optimizer_step_skipped:
             self.optimizer_step_skipped = False
@@ -367,11 +369,13 @@ class DiffusionModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add what rebuilds the backbone and samples from it: EMA weights, backbone spec, DiffusionSpec."""
         store_ema_state(checkpoint, self.ema, _EMA_PREFIX, self._trainer)
         checkpoint["dimlab_backbone"] = backbone_spec(self.backbone)
         checkpoint[DIFFUSION_SPEC_KEY] = self.spec.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put the EMA weights back where Lightning loads the module state from."""
         restore_ema_state(checkpoint, self.ema, _EMA_PREFIX)
 
     # ---------------------------------------------------------------------------------------------- sampling
