@@ -69,7 +69,8 @@ class DiffusionModule(L.LightningModule):
     hyper-parameters, linear warmup then constant LR, the EMA of the backbone, the optional frozen VAE for latent
     space, sampling for callbacks, and step-wise logging. Gradient clipping, precision and accumulation are the
     Trainer's (``gradient_clip_val``, ``precision: bf16-mixed``, ``accumulate_grad_batches``); LR warmup and EMA
-    advance once per optimizer step, so accumulation is handled correctly (unlike the official code: docs/diffusion.md, "Training").
+    advance once per optimizer step, so accumulation is handled correctly (unlike the official code:
+    docs/diffusion.md, "Training").
 
     Args:
         backbone: the network, e.g. ``dimlab.models.dim.DiM`` or ``dimlab.models.uvit.UViT`` (``class_path`` in YAML).
