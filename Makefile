@@ -35,7 +35,7 @@ kernels: ## build + install mamba-ssm / causal-conv1d wheels for the local GPU a
 	bash scripts/build_kernels.sh
 
 demo: ## train a small class-conditional DiM on sklearn digits (CPU, offline) and write a sample grid
-	$(BIN)/python -m dimlab.demo $(DEMO_ARGS)
+	$(BIN)/python -m dimlab.demos.digits $(DEMO_ARGS)
 
 shards-cifar10: ## CIFAR-10 -> data/cifar10 shards (CIFAR_ARCHIVE=path/to/cifar-10-python.tar.gz, else downloaded)
 	$(BIN)/dimlab shards cifar10 data/cifar10 $(if $(CIFAR_ARCHIVE),--archive $(CIFAR_ARCHIVE))
@@ -56,11 +56,11 @@ DEVICES ?= auto
 FT_CONFIG ?= experiments/imagenet512/dim_h2_ft.yaml
 
 finetune-512: ## fine-tune DiM-H/2 256 -> 512 (CKPT_256=..., DATA_512=..., DEVICES=...); checks inputs first
-	$(BIN)/python -m dimlab.highres.check_finetune_inputs --config $(FT_CONFIG) --ckpt $(CKPT_256) --data $(DATA_512)
+	$(BIN)/dimlab check-finetune --config $(FT_CONFIG) --ckpt $(CKPT_256) --data $(DATA_512)
 	$(BIN)/dimlab fit --config $(FT_CONFIG) --model.init_from=$(CKPT_256) --data.train_shards=$(DATA_512) --trainer.devices=$(DEVICES)
 
 finetune-demo: ## CPU toy weak-to-strong: digits 8 px -> 16 px, fresh vs initialised from the 8 px model
-	$(BIN)/python -m dimlab.highres.finetune_demo --data-root data --out runs/finetune_demo
+	$(BIN)/python -m dimlab.demos.finetune --data-root data --out runs/finetune_demo
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -43,11 +43,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+import dimlab  # noqa: E402
+from bench_common import QUICK_OVERRIDES, ResultLog, run_metadata  # noqa: E402 - shared helpers beside this script
+from dimlab.flops import backbone_cost  # noqa: E402
+from dimlab.lit.faults import NonFiniteGuard, PreemptionCheckpoint  # noqa: E402
+from dimlab.lit.module import DiffusionModule  # noqa: E402
+from dimlab.models.presets import build_backbone  # noqa: E402
+from dimlab.models.scan import resolve_backend  # noqa: E402
 
 #: model -> (preset, recipe YAML whose ``model`` and ``trainer.gradient_clip_val`` settings are used)
 MODELS = {
@@ -65,8 +75,6 @@ TAG = "bench_ddp"
 
 def recipe(model: str) -> tuple[dict, float | None]:
     """The DiffusionModule arguments (backbone aside) and gradient clipping of ``model``'s experiment config."""
-    import yaml
-
     config = yaml.safe_load((REPO / MODELS[model][1]).read_text())
     module_args = {k: v for k, v in config["model"].items() if k not in _NOT_STEP_KEYS}
     if "betas" in module_args:
@@ -77,16 +85,6 @@ def recipe(model: str) -> tuple[dict, float | None]:
 # ---------------------------------------------------------------------------------------------------- worker
 def _worker(args: argparse.Namespace) -> int:
     """One configuration, on every rank: build, train ``warmup + steps`` steps, rank 0 writes ``args.result``."""
-    import lightning as L
-    from torch.utils.data import DataLoader, Dataset
-
-    from bench_train import QUICK_OVERRIDES
-    from dimlab.flops import backbone_cost
-    from dimlab.lit.faults import NonFiniteGuard, PreemptionCheckpoint
-    from dimlab.lit.module import DiffusionModule
-    from dimlab.models.presets import build_backbone
-    from dimlab.models.scan import resolve_backend
-
     torch.set_flush_denormal(True)  # as the dimlab CLI does (CPU runs only)
     cuda = args.device == "cuda"
     if not cuda:  # one thread per rank in every configuration, so 1 and 2 CPU ranks compare like for like
@@ -277,8 +275,6 @@ class _Workers:
 
 def worker_env() -> dict[str, str]:
     """The workers' environment: ours, dimlab's ``src`` and this folder first on PYTHONPATH, NVLS off."""
-    import dimlab
-
     src = str(Path(dimlab.__file__).resolve().parents[1])
     paths = [src, str(HERE), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
@@ -354,8 +350,6 @@ def main(argv=None) -> int:
     visible = torch.cuda.device_count() if args.device == "cuda" else None  # NVML: no CUDA context here
     if args.device == "cuda" and not visible:
         sys.exit(f"{TAG}: --device cuda but no CUDA device is visible; use --device cpu --quick")
-
-    from bench_train import ResultLog, run_metadata
 
     env = worker_env()
     meta = run_metadata(

@@ -3,7 +3,7 @@
 The 512 model (``dim_h2_512``, random weights: speed and memory do not depend on the values) is built at its own
 latent size 64 and run at 128 / 192 through the run-time position-table resize, exactly as ``dimlab sample
 --resolution 1536 --upsample-guidance --cfg-scale 3`` runs a real fine-tuned checkpoint: the shared
-:meth:`dimlab.lit.sampling.Sampler.sample` path, CFG as one forward of batch 2 per image, upsample guidance with
+:meth:`dimlab.sampling.sampler.Sampler.sample` path, CFG as one forward of batch 2 per image, upsample guidance with
 factor m = 2 or 3 (its low-resolution branch runs at latent 64 for t >= 0.7), plain DPM-Solver, bf16 autocast,
 the mamba-ssm CUDA scan. Each model call is timed (CUDA-synchronised) and classified by whether the low-resolution
 branch ran; a solver step is one call here (DPM-Solver 'fast' makes ``steps`` calls). The VAE decode is excluded.
@@ -28,14 +28,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import git_commit, synchronize  # noqa: E402 - shared helpers beside this script
-from dimlab.lit.sampling import Sampler
+from dimlab.data.vae import SD_VAE_FACTOR
 from dimlab.models.dim import DiM
 from dimlab.models.presets import build_backbone
 from dimlab.models.scan import kernels_available
+from dimlab.sampling.sampler import Sampler
+from dimlab.sampling.spec import DiffusionSpec
 
 TRAINED_LATENT = 64  # dim_h2_512: 512 px images, SD-VAE latents 4 x 64 x 64
 QUICK_TRAINED_LATENT = 8
-VAE_FACTOR = 8
 
 
 class CallTimer:
@@ -99,7 +100,7 @@ def bench_resolution(
     sampler: Sampler, pixels: int, steps: int, warmup_steps: int, cfg_scale: float, eta: float, device
 ) -> dict:
     """One upsampled image (batch 1, CFG batch 2) at ``pixels``: per-call times, per-step time, peak memory."""
-    latent = pixels // VAE_FACTOR
+    latent = pixels // SD_VAE_FACTOR
     shape = (sampler.latent_shape[0], latent, latent)
     guidance = sampler.upsample_guidance(shape, eta=eta)
     m = latent // sampler.latent_shape[1]
@@ -169,12 +170,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.scan_backend == "cuda" and not kernels_available():
         parser.error("--scan-backend cuda needs the mamba-ssm / causal-conv1d kernels (`make kernels`)")
     trained = QUICK_TRAINED_LATENT if args.quick else TRAINED_LATENT
-    default = f"{3 * trained * VAE_FACTOR},{2 * trained * VAE_FACTOR}"
+    default = f"{3 * trained * SD_VAE_FACTOR},{2 * trained * SD_VAE_FACTOR}"
     args.pixels = [int(p) for p in (args.pixels or default).split(",")]
     for p in args.pixels:
-        latent = p // VAE_FACTOR
-        if p % VAE_FACTOR or latent % trained or latent // trained < 2:
-            parser.error(f"--pixels {p}: expected an integer multiple m >= 2 of {trained * VAE_FACTOR}")
+        latent = p // SD_VAE_FACTOR
+        if p % SD_VAE_FACTOR or latent % trained or latent // trained < 2:
+            parser.error(f"--pixels {p}: expected an integer multiple m >= 2 of {trained * SD_VAE_FACTOR}")
     return args
 
 
@@ -204,7 +205,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = build_model(args.quick, device, args.scan_backend)
     trained = QUICK_TRAINED_LATENT if args.quick else TRAINED_LATENT
-    sampler = Sampler(model, "sd_discrete", latent_shape=(4, trained, trained), num_classes=1000)
+    sampler = Sampler(
+        model, DiffusionSpec("sd_discrete", latent_shape=(4, trained, trained), num_classes=1000)
+    )
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),

@@ -1,4 +1,4 @@
-"""End-to-end sampling speed of :class:`dimlab.lit.sampling.Sampler`: fp32 vs bf16 autocast vs bf16 + CUDA graphs.
+"""End-to-end sampling speed of :class:`dimlab.sampling.sampler.Sampler`: fp32 vs bf16 autocast vs bf16 + CUDA graphs.
 
 ``bench_sampling.py`` times one network evaluation in isolation; this script times what ``dimlab sample`` and
 ``dimlab fid`` actually run: ``Sampler.sample`` with DPM-Solver++ and CFG (random weights, the head perturbed so
@@ -21,17 +21,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import synchronize  # noqa: E402 - shared helpers beside this script
-from bench_train import (  # noqa: E402
+from bench_common import (  # noqa: E402 - shared helpers beside this script
     QUICK_OVERRIDES,
     ResultLog,
     device_and_models,
     device_name,
     free_memory,
     run_metadata,
+    synchronize,
 )
-from dimlab.lit.sampling import Sampler
 from dimlab.models.presets import build_backbone
+from dimlab.sampling.sampler import Sampler
+from dimlab.sampling.spec import DiffusionSpec
 
 #: name -> (preset, latent (C, H, W) at 256 px)
 MODELS = {
@@ -56,13 +57,10 @@ def build_sampler(name: str, device: torch.device, quick: bool) -> Sampler:
         for p in backbone.parameters():
             p.add_(0.02 * torch.randn_like(p))
     num_classes = int(getattr(backbone, "num_classes", 0))
-    return Sampler(
-        backbone=backbone.eval(),
-        schedule_name="sd_discrete",
-        latent_shape=shape,
-        num_classes=num_classes,
-        class_conditional=num_classes > 0,
+    spec = DiffusionSpec(
+        "sd_discrete", latent_shape=shape, num_classes=num_classes, class_conditional=num_classes > 0
     )
+    return Sampler(backbone.eval(), spec)
 
 
 def time_setting(sampler: Sampler, batch: int, steps: int, reps: int, precision: str, graphs: bool) -> dict:

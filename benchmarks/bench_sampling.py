@@ -33,8 +33,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import median_seconds, synchronize  # noqa: E402 - shared helpers beside this script
-from bench_train import ResultLog, free_memory, is_oom, run_metadata  # noqa: E402
+from bench_common import (  # noqa: E402 - shared helpers beside this script
+    ResultLog,
+    free_memory,
+    is_oom,
+    median_seconds,
+    run_metadata,
+    synchronize,
+)
+from dimlab.data.vae import SD_VAE_FACTOR  # noqa: E402
 from dimlab.diffusion.guidance import cfg_model_fn  # noqa: E402
 from dimlab.flops import backbone_cost  # noqa: E402
 from dimlab.models.presets import build_backbone  # noqa: E402
@@ -42,7 +49,6 @@ from dimlab.models.presets import build_backbone  # noqa: E402
 MODELS = ("dim_h2", "uvit_h2")
 RESOLUTIONS = (256, 512, 768, 1024, 1280, 1536, 2048)
 BATCHES = (1, 8)
-LATENT_FACTOR = 8  # SD-VAE downsampling
 #: --quick: tiny versions of the presets on small latents (CPU smoke check).
 QUICK_OVERRIDES = {
     "dim": dict(input_size=8, hidden_size=32, depth=3, d_state=4),
@@ -70,7 +76,7 @@ def build_model(
 
 def nfe_function(model: torch.nn.Module, batch: int, resolution: int, cfg_scale: float, device: torch.device):
     """A zero-argument callable running one guided NFE, and its static inputs (latent, time, labels)."""
-    side = resolution // LATENT_FACTOR
+    side = resolution // SD_VAE_FACTOR
     g = torch.Generator(device="cpu").manual_seed(resolution * 100 + batch)
     x = torch.randn(batch, model.in_channels, side, side, generator=g).to(device)
     t = torch.full((batch,), 500.0, device=device)
@@ -111,7 +117,7 @@ def time_case(model, batch, resolution, cfg_scale, device, warmup, reps, use_gra
     fn = graphed(nfe, device) if use_graph else nfe
     seconds = median_seconds(fn, device, warmup, reps)
     synchronize(device)
-    side = resolution // LATENT_FACTOR
+    side = resolution // SD_VAE_FACTOR
     cost = backbone_cost(model, (side, side))
     forward_batch = 2 * batch if cfg_scale else batch
     record = {
@@ -233,7 +239,7 @@ def main(argv=None) -> int:
     )
     resolutions = parse_ints(args.resolutions, "--resolutions") if args.resolutions else list(default_res)
     batches = parse_ints(args.batches, "--batches") if args.batches else list(default_batches)
-    bad = [r for r in resolutions if r % (2 * LATENT_FACTOR)]
+    bad = [r for r in resolutions if r % (2 * SD_VAE_FACTOR)]
     if bad:
         sys.exit(f"bench_sampling: resolutions {bad} are not multiples of 16 (latent /8, patch 2)")
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -249,7 +255,7 @@ def main(argv=None) -> int:
         cfg_scale=args.cfg_scale,
         warmup=warmup,
         reps=reps,
-        latent_factor=LATENT_FACTOR,
+        latent_factor=SD_VAE_FACTOR,
         scan_backend=args.scan_backend,
     )
     log = ResultLog(args.out, meta, "bench_sampling")

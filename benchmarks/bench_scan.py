@@ -44,8 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import median_seconds  # noqa: E402 - shared helpers beside this script
-from bench_train import ResultLog, free_memory, is_oom, run_metadata  # noqa: E402
+from bench_common import ResultLog, free_memory, is_oom, median_seconds, run_metadata  # noqa: E402 - beside this
 
 CASES = {
     "s2_train": (128, 366, 1024),

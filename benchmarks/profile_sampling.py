@@ -24,7 +24,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import median_seconds, synchronize  # noqa: E402 - shared helpers beside this script
+from bench_common import (  # noqa: E402 - shared helpers beside this script
+    ResultLog,
+    free_memory,
+    is_oom,
+    median_seconds,
+    run_metadata,
+    synchronize,
+)
 from bench_sampling import (  # noqa: E402
     QUICK_BATCHES,
     QUICK_RESOLUTIONS,
@@ -33,7 +40,6 @@ from bench_sampling import (  # noqa: E402
     nfe_function,
     parse_ints,
 )
-from bench_train import ResultLog, free_memory, is_oom, run_metadata  # noqa: E402
 from profile_train import kernel_records, summarize  # noqa: E402
 
 MODELS = ("dim_h2", "uvit_h2")

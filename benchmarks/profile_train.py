@@ -46,18 +46,15 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import synchronize  # noqa: E402 - shared helpers beside this script
-from bench_train import (  # noqa: E402
+from bench_common import (  # noqa: E402 - shared helpers beside this script
     MODELS,
     ResultLog,
-    TrainHarness,
-    build_module,
     device_and_models,
     free_memory,
-    parse_variants,
     run_metadata,
-    variant_name,
+    synchronize,
 )
+from train_harness import TrainHarness, build_module, parse_variants, variant_name  # noqa: E402
 
 #: (category, regex on the kernel or operator name); the first match wins, so specific rules come first.
 CATEGORIES: tuple[tuple[str, str], ...] = (

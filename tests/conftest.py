@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dimlab.data.digits import write_digits_shards
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SPEC = REPO_ROOT.parent / "shared" / "spec"
 
@@ -84,3 +86,24 @@ def shared_spec() -> Path:
     if not SHARED_SPEC.is_dir():
         pytest.skip(f"reference material not found at {SHARED_SPEC}")
     return SHARED_SPEC
+
+
+@pytest.fixture(scope="session")
+def digit_shards(tmp_path_factory):
+    """``digit_shards(size=8, shard_size=200, **options) -> Path``: scikit-learn's digits as train/val shards.
+
+    The one digits-shard helper of every test folder: each setting is written once per session (8 px: 1617 train
+    and 180 val samples); ``options`` go to :func:`dimlab.data.digits.write_digits_shards`. Treat the folder as
+    read-only (copy it to corrupt it).
+    """
+    written: dict[tuple, Path] = {}
+
+    def get(size: int = 8, shard_size: int = 200, **options) -> Path:
+        key = (size, shard_size, tuple(sorted(options.items())))
+        if key not in written:
+            out = tmp_path_factory.mktemp(f"digits{size}")
+            write_digits_shards(out, size=size, shard_size=shard_size, **options)
+            written[key] = out
+        return written[key]
+
+    return get

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dimlab.cli import DimlabCLI
+from dimlab.commands.fit import DimlabCLI
 from dimlab.models.presets import DIM_PARAM_COUNTS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The analytic MAC/FLOP count against dim-reference.md section 3.2 and the published U-ViT figure."""
+"""The analytic MAC/FLOP count against docs/backbone.md "Compute" and the published U-ViT figure."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from dimlab.flops import (
     uvit_cost,
     uvit_flops,
 )
-from dimlab.models.presets import DIM_PRESETS, build_backbone
-from dimlab.models.uvit import UVIT_PRESETS
+from dimlab.models.presets import DIM_PRESETS, UVIT_PRESETS, build_backbone
 
-# (preset, latent side, tokens, GMACs) from dim-reference.md 3.2.
+# (preset, latent side, tokens, GMACs) from docs/backbone.md "Compute".
 DIM_TABLE = [
     ("dim_s2", 32, 366, 18.3),
     ("dim_l2", 32, 366, 139.9),

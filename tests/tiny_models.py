@@ -1,38 +1,64 @@
-"""Tiny backbones, data and a quiet one-process CPU Lightning Trainer shared by tests (fast on 2 CPU cores)."""
+"""The one tiny-model recipe of the test suite (fast on 2 CPU cores), plus tiny data and a quiet CPU Trainer.
+
+Every test that needs a small DiM or U-ViT builds it with :func:`tiny_dim` / :func:`tiny_uvit`, passing only what
+it changes (``tiny_dim(depth=7, in_channels=2)``); configs take :func:`tiny_dim_args`. The digit shards all test
+folders share come from the ``digit_shards`` fixture (``tests/conftest.py``).
+"""
 
 from __future__ import annotations
 
+import lightning as L
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+
+from dimlab.data.datamodule import ShardDataModule
+from dimlab.lit.module import DiffusionModule
+from dimlab.models.dim import DiM
+from dimlab.models.uvit import UViT
+
+#: Constructor arguments of the tiny DiM: 8x8 single-channel inputs (4x4 tokens), 4 classes, the torch scan.
+TINY_DIM = dict(
+    input_size=8,
+    patch_size=2,
+    in_channels=1,
+    hidden_size=32,
+    depth=3,
+    num_classes=4,
+    d_state=4,
+    scan_backend="torch",
+)
+#: Constructor arguments of the tiny U-ViT, on the same inputs.
+TINY_UVIT = dict(
+    input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=3, num_heads=2, num_classes=4
+)
 
 
-def tiny_uvit(num_classes: int = 4, channels: int = 1, size: int = 8):
-    from dimlab.models.uvit import UViT
-
-    return UViT(
-        input_size=size,
-        patch_size=2,
-        in_channels=channels,
-        hidden_size=32,
-        depth=3,
-        num_heads=2,
-        num_classes=num_classes,
-    )
+def tiny_dim_args(**overrides) -> dict:
+    """:data:`TINY_DIM` with ``overrides`` (DiM constructor arguments) applied, e.g. for a YAML config."""
+    return {**TINY_DIM, **overrides}
 
 
-def tiny_dim(num_classes: int = 4, channels: int = 1, size: int = 8):
-    from dimlab.models.dim import DiM
+def tiny_dim(**overrides) -> DiM:
+    """The tiny DiM, with any constructor argument overridden."""
+    return DiM(**tiny_dim_args(**overrides))
 
-    return DiM(
-        input_size=size,
-        patch_size=2,
-        in_channels=channels,
-        hidden_size=32,
-        depth=3,
-        num_classes=num_classes,
-        d_state=4,
-        scan_backend="torch",
-    )
+
+def tiny_uvit(**overrides) -> UViT:
+    """The tiny U-ViT, with any constructor argument overridden."""
+    return UViT(**{**TINY_UVIT, **overrides})
+
+
+def train_tiny_checkpoint(path, schedule: str = "sd_discrete", steps: int = 2, **overrides):
+    """Train ``tiny_dim(**overrides)`` for ``steps`` optimizer steps on 8 random images and save a checkpoint."""
+    size = overrides.get("input_size", TINY_DIM["input_size"])
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    data = [{"x": torch.rand(1, size, size, generator=g) * 2 - 1, "y": torch.tensor(i % 4)} for i in range(8)]
+    module = DiffusionModule(tiny_dim(**overrides), schedule=schedule, warmup_steps=0, lr=1e-3, ema_decay=0.5)
+    trainer = tiny_trainer(path.parent, max_steps=steps)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    trainer.save_checkpoint(path)
+    return path
 
 
 def tiny_trainer(root, max_steps: int = 4, **overrides):
@@ -42,8 +68,6 @@ def tiny_trainer(root, max_steps: int = 4, **overrides):
     ``overrides`` are passed to ``L.Trainer`` and win over these defaults, e.g. ``callbacks=[...]``,
     ``enable_checkpointing=True`` for a run with a ``ModelCheckpoint`` or ``accelerator="cuda"``.
     """
-    import lightning as L
-
     settings = dict(
         accelerator="cpu",
         devices=1,
@@ -62,8 +86,6 @@ def tiny_trainer(root, max_steps: int = 4, **overrides):
 
 def digits8_data(path, **overrides):
     """A ``ShardDataModule`` over the 8x8 grey digits shards (10 classes, batch 8, no workers); overrides win."""
-    from dimlab.data.datamodule import ShardDataModule
-
     settings = dict(resolution=8, num_classes=10, channels=1, batch_size=8, num_workers=0)
     settings.update(overrides)
     return ShardDataModule(str(path), **settings)

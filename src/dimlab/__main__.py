@@ -1,6 +1,6 @@
 """``python -m dimlab`` is the same as the ``dimlab`` console script."""
 
-from dimlab.cli import main
+from dimlab.commands.main import main
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
 """Analytic compute of the DiM and U-ViT backbones: multiply-accumulates (MACs) per forward, model FLOPs per step.
 
-The count follows dim-reference.md section 3.2: every linear and convolution contributes its MACs, attention its two
+The count (docs/backbone.md, "Compute"): every linear and convolution contributes its MACs, attention its two
 ``L x L`` matmuls (``2 L^2 D``), and the selective scan ``9 L E N / 2`` MACs (mamba issue #110 counts ``9 B L D N``
 FLOPs). Elementwise work (norms, modulation, activations, softmax, the EMA) is not counted, so MFU computed from
 these numbers is the usual "model FLOPs utilisation". Training FLOPs are ``3 x 2 x MACs`` per sample (forward plus
@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dimlab.models.dim import DiM
 from dimlab.models.scan_order import skip_pairs
+from dimlab.models.uvit import UViT
 
 __all__ = [
     "H100_BF16_DENSE_TFLOPS",
@@ -61,7 +63,7 @@ class ForwardCost:
 
     @property
     def gmacs(self) -> float:
-        """Total in GMACs (the unit of dim-reference.md 3.2 and of most papers' "GFLOPs" columns)."""
+        """Total in GMACs (the unit of docs/backbone.md "Compute" and of most papers' "GFLOPs" columns)."""
         return self.total_macs / 1e9
 
     def flops(self, batch: int = 1, training: bool = True) -> float:
@@ -73,10 +75,7 @@ class ForwardCost:
 
 def _resolved_args(cls_path: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments of the backbone class with ``config`` applied over the defaults."""
-    if cls_path == "dim":
-        from dimlab.models.dim import DiM as cls
-    else:
-        from dimlab.models.uvit import UViT as cls
+    cls = DiM if cls_path == "dim" else UViT
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(config) - set(params) - {"self"})
     if unknown:
@@ -167,9 +166,6 @@ def uvit_cost(config: Mapping[str, Any], input_hw: tuple[int, int] | int | None 
 
 def backbone_cost(backbone: Any, input_hw: tuple[int, int] | int | None = None) -> ForwardCost:
     """Forward MACs per sample of a built DiM or UViT module (read from its recorded ``init_args``)."""
-    from dimlab.models.dim import DiM
-    from dimlab.models.uvit import UViT
-
     if isinstance(backbone, DiM):
         return dim_cost(backbone.init_args, input_hw)
     if isinstance(backbone, UViT):

@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-TINY_DIM = {
-    "input_size": 16,
-    "patch_size": 4,
-    "in_channels": 1,
-    "hidden_size": 16,
-    "depth": 3,
-    "num_classes": 10,
-}
+from tiny_models import tiny_dim_args
+
+#: The tiny recipe at 16 px (patch 4: a 4x4 token grid), 10 digit classes, width 16.
+TINY_DIM = tiny_dim_args(input_size=16, patch_size=4, hidden_size=16, num_classes=10)
 
 
 def tiny_experiment(train_shards: str = "unused/train-000000.tar") -> dict:

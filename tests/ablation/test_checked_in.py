@@ -9,7 +9,7 @@ import pytest
 from dimlab.ablation.matrix import load_matrix
 from dimlab.ablation.params import count_parameters
 from dimlab.ablation.runner import fit_command
-from dimlab.cli import DimlabCLI
+from dimlab.commands.fit import DimlabCLI
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLAGS = ("multi_scan", "long_skip", "line_pad", "cond_separator", "local_enhance")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dimlab.ablation.axes import AXES, BACKBONE_ARGS
+from dimlab.ablation.axes import BACKBONE_ARGS
 from dimlab.ablation.matrix import MatrixError, load_matrix
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -69,7 +69,7 @@ def test_full_design_is_every_combination_with_unique_names(experiment, write_ma
     matrix = load_matrix(write_matrix(_matrix(axes=ALL_AXES, design="full")))
     assert len(matrix.rows) == 16
     assert len({r.name for r in matrix.rows}) == 16
-    combos = {tuple(r.axes[a] for a in AXES) for r in matrix.rows}
+    combos = {tuple(r.axes[a] for a in ALL_AXES) for r in matrix.rows}
     assert combos == set(itertools.product(*ALL_AXES.values()))
     assert matrix.rows[0].name == "ms4_lsc_pt_lfe"
     assert matrix.rows[-1].name == "ms1_nolsc_nopt_nolfe"
@@ -219,3 +219,64 @@ def test_checked_in_matrices_load(name, rows):
     if rows is not None:
         assert len(matrix.rows) == rows
     assert "mamba_baseline" in {r.name for r in matrix.rows}
+
+
+CONSTRUCTOR_AXES = {
+    "multi_scan": [4, 1],
+    "long_skip": [True, False],
+    "line_pad": [True, False],
+    "cond_separator": [True, False],
+    "local_enhance": [True, False],
+}
+
+
+def test_axes_are_the_constructor_arguments(experiment, write_matrix, recwarn):
+    matrix = load_matrix(write_matrix(_matrix(axes=CONSTRUCTOR_AXES, design="leave_one_out")))
+    assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+    names = [r.name for r in matrix.rows]
+    assert names == [
+        "full",
+        "no_multi_scan",
+        "no_long_skip",
+        "no_line_pad",
+        "no_cond_separator",
+        "no_local_enhance",
+    ]
+    full = matrix.row("full").overrides
+    for axis in CONSTRUCTOR_AXES:
+        row = matrix.row(f"no_{axis}").overrides
+        assert {k[len(FLAG) :]: v for k, v in row.items() if full[k] != v} == {
+            axis: CONSTRUCTOR_AXES[axis][1]
+        }
+
+
+def test_first_release_keys_warn_and_set_the_same_flags(experiment, write_matrix):
+    old = {"multi_scan": [4, 1], "long_skips": [True, False], "padding_tokens": [True, False]}
+    old["local_enhancement"] = [True, False]
+    design = [{"name": "a", "padding_tokens": False, "long_skips": False}]
+    with pytest.warns(DeprecationWarning, match="'padding_tokens' is now 'line_pad and cond_separator'"):
+        before = load_matrix(write_matrix(_matrix(axes=old, design=design), name="old.yaml"))
+    new_design = [{"name": "a", "line_pad": False, "cond_separator": False, "long_skip": False}]
+    after = load_matrix(write_matrix(_matrix(axes=CONSTRUCTOR_AXES, design=new_design), name="new.yaml"))
+    assert before.row("a").overrides == after.row("a").overrides
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (_matrix(axes={"long_skip": [True], "long_skips": [False]}, design="full"), "both set 'long_skip'"),
+        (_matrix(design=[{"name": "a", "line_pad": False, "padding_tokens": True}]), "both set 'line_pad'"),
+    ],
+)
+def test_one_flag_named_twice_is_rejected(experiment, write_matrix, content, message):
+    with pytest.raises(MatrixError, match=message):
+        load_matrix(write_matrix(content))
+
+
+def test_a_design_row_replaces_the_listed_axes_it_overlaps(experiment, write_matrix):
+    matrix = load_matrix(
+        write_matrix(_matrix(axes=CONSTRUCTOR_AXES, design=[{"name": "a", "padding_tokens": False}]))
+    )
+    row = matrix.row("a")
+    assert "line_pad" not in row.axes and "cond_separator" not in row.axes
+    assert (row.overrides[FLAG + "line_pad"], row.overrides[FLAG + "cond_separator"]) == (False, False)

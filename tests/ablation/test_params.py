@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from dimlab.ablation.cli import main
 from dimlab.ablation.matrix import load_matrix
 from dimlab.ablation.params import build_backbone_on_meta, count_parameters
-from dimlab.models.dim import DiM
+from dimlab.commands.ablate import main
 from dimlab.models.presets import DIM_PARAM_COUNTS
+from tiny_models import tiny_dim
 
 from .conftest import TINY_DIM
 
@@ -24,7 +24,7 @@ AXES = {
 
 
 def _eager_count(**flags) -> int:
-    return sum(p.numel() for p in DiM(**TINY_DIM, **flags).parameters())
+    return sum(p.numel() for p in tiny_dim(**TINY_DIM, **flags).parameters())
 
 
 def test_meta_count_matches_an_eagerly_built_backbone(experiment, write_matrix):
@@ -72,9 +72,11 @@ def test_dry_run_prints_rows_and_counts_without_training(experiment, write_matri
 
 
 def test_invalid_matrix_exits_with_status_2_and_names_the_key(experiment, write_matrix, capsys):
-    path = write_matrix({"base": "../experiments/tiny.yaml", "axes": {"long_skip": [True]}, "design": "full"})
+    path = write_matrix(
+        {"base": "../experiments/tiny.yaml", "axes": {"skip_connections": [True]}, "design": "full"}
+    )
     assert main([str(path), "--dry-run"]) == 2
-    assert "axes.long_skip: unknown axis" in capsys.readouterr().out.replace("\n", "")
+    assert "axes.skip_connections: unknown axis" in capsys.readouterr().out.replace("\n", "")
 
 
 def test_cifar_matrix_full_row_is_the_official_dim_s2():

@@ -13,9 +13,8 @@ import json
 import pytest
 import yaml
 
-from dimlab.ablation.cli import main
 from dimlab.ablation.runner import COMMAND_FILE, LOG_FILE, find_last_checkpoint, read_summary
-from dimlab.data.digits import write_digits_shards
+from dimlab.commands.ablate import main
 
 from .conftest import tiny_experiment
 
@@ -23,9 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def digits_matrix(tmp_path, write_matrix):
-    shards = tmp_path / "digits"
-    write_digits_shards(shards)
+def digits_matrix(tmp_path, write_matrix, digit_shards):
+    shards = digit_shards(size=16)
     experiment = tmp_path / "experiments" / "tiny.yaml"
     experiment.parent.mkdir(parents=True)
     experiment.write_text(yaml.safe_dump(tiny_experiment(train_shards=str(shards))))
@@ -39,7 +37,10 @@ def digits_matrix(tmp_path, write_matrix):
             "wandb": {"project": "dimlab-test", "mode": "offline"},
             "metrics": ["train/loss", "class_consistency"],
             # The demo's metric, for real: samples of the tiny model scored by an SVM trained on digits.
-            "scorer": {"callable": "dimlab.demo.score_checkpoint", "args": {"per_class": 2, "steps": 3}},
+            "scorer": {
+                "callable": "dimlab.demos.digits.score_checkpoint",
+                "args": {"per_class": 2, "steps": 3},
+            },
         }
     )
 

@@ -87,8 +87,11 @@ def test_scorer_without_checkpoint_is_an_error(experiment, write_matrix, tmp_pat
             "scorer.callable: cannot import 'no_such_module_xyz.score'",
         ),
         ({"callable": "score"}, "scorer.callable: expected a dotted path"),
-        ({"callable": "dimlab.demo.REPO_ROOT"}, "scorer.callable: 'dimlab.demo.REPO_ROOT' is not callable"),
-        ({"callable": "dimlab.demo.score_checkpoint", "kwargs": {}}, "scorer.kwargs: unknown key"),
+        (
+            {"callable": "dimlab.demos.digits.DEFAULT_CONFIG"},
+            "scorer.callable: 'dimlab.demos.digits.DEFAULT_CONFIG' is not callable",
+        ),
+        ({"callable": "dimlab.demos.digits.score_checkpoint", "kwargs": {}}, "scorer.kwargs: unknown key"),
     ],
 )
 def test_invalid_scorer_is_rejected(experiment, write_matrix, scorer, message):

@@ -10,11 +10,12 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from dimlab.ablation.cli import main
 from dimlab.ablation.matrix import MatrixError, load_matrix
 from dimlab.ablation.sweep import build_sweep
-from dimlab.cli import DimlabCLI
+from dimlab.commands.ablate import main
+from dimlab.commands.fit import DimlabCLI
 from dimlab.models.dim import DiM
+from tiny_models import tiny_dim
 
 from .conftest import TINY_DIM
 
@@ -114,7 +115,7 @@ def test_agent_arguments_build_the_intended_backbone(sweep_matrix, tmp_path, mon
     flags = {k[len(PREFIX) :]: v for k, v in choice.items()}
     assert isinstance(backbone, DiM)
     assert backbone.init_args["multi_scan"] == flags["multi_scan"]
-    reference = DiM(**TINY_DIM, **flags)
+    reference = tiny_dim(**TINY_DIM, **flags)
     assert backbone.schedule == reference.schedule
     assert (backbone.skip_fusion_mode is not None) == flags["long_skip"]
     assert (backbone.line_pad_len > 0) == flags["line_pad"]

@@ -102,7 +102,7 @@ def test_bench_sampling_quick_reports_per_nfe_times_and_crossover(tmp_path, caps
 
 
 def test_find_max_batch_finds_the_threshold():
-    bench = load_script("bench_train")
+    bench = load_script("bench_common")
     for threshold in (1, 5, 37, 100, 640, 1000):
         probes = []
 
@@ -121,7 +121,7 @@ def test_find_max_batch_finds_the_threshold():
 
 
 def test_foreach_ema_equals_the_module_ema_update():
-    bench = load_script("bench_train")
+    bench = load_script("train_harness")
     torch.manual_seed(0)
     source = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
     ema_loop, ema_foreach = EMA(source, decay=0.9), EMA(source, decay=0.9)

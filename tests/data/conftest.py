@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dimlab.data.digits import write_digits_shards
-
 FAKE_CIFAR_PER_BATCH = 6
 FAKE_CIFAR_TEST = 10
 
@@ -55,11 +53,9 @@ def fake_cifar(tmp_path_factory) -> tuple[Path, dict[str, tuple[np.ndarray, np.n
 
 
 @pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory) -> Path:
+def digits_dir(digit_shards) -> Path:
     """Digits shards at 16 px with 40 samples per shard (41 train shards, 5 val shards)."""
-    out = tmp_path_factory.mktemp("digits")
-    write_digits_shards(out, size=16, shard_size=40, workers=2)
-    return out
+    return digit_shards(size=16, shard_size=40, workers=2)
 
 
 def tiny_vae_config() -> dict:

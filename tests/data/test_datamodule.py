@@ -217,7 +217,7 @@ def test_datamodule_survives_deepcopy_and_pickle(digits_dir):
 
 
 def test_cifar_pixels_read_back_in_rgb_chw_order(tmp_path, fake_cifar):
-    from dimlab.data.cli import main
+    from dimlab.commands.shards import main
 
     archive, expected = fake_cifar
     out = tmp_path / "cifar"

@@ -6,7 +6,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from dimlab.data.cli import main
+from dimlab.commands.shards import main
 from dimlab.data.manifest import read_manifest
 from dimlab.data.transforms import adm_center_crop, decode_image
 

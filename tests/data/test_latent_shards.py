@@ -10,7 +10,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from dimlab.data.cli import main
+from dimlab.commands.shards import main
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.data.manifest import read_manifest
 from dimlab.data.transforms import decode_image, uint8_to_signed

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from dimlab.data.cli import main
+from dimlab.commands.shards import main
 from dimlab.data.manifest import read_manifest, sha256_file
 from dimlab.data.transforms import decode_image
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dimlab.eval.cli import main
+from dimlab.commands.fid import main
 from dimlab.eval.ref_stats import load_reference_stats
 
 
@@ -70,9 +70,9 @@ def _tiny_checkpoint(tmp_path):
 
 
 def test_score_a_checkpoint(tmp_path, random_inception_weights):
-    from dimlab.eval.quantize import to_uint8
+    from dimlab.data.transforms import to_uint8
     from dimlab.eval.split import official_labels, sample_seeds
-    from dimlab.lit.sampling import load_sampler
+    from dimlab.sampling.sampler import load_sampler
 
     ckpt = _tiny_checkpoint(tmp_path)
     grey = np.random.default_rng(0).integers(0, 256, size=(6, 8, 8), dtype=np.uint8)
@@ -142,3 +142,35 @@ def test_bad_arguments_are_reported(tmp_path, capsys, random_inception_weights):
     assert "nope.npz" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--ref", str(ref)])  # neither --ckpt nor --images: argparse usage error
+
+
+def test_dimlab_sample_and_dimlab_fid_draw_the_same_first_images(tmp_path, random_inception_weights):
+    """One seed rule: the same checkpoint and --seed give the same images (and random labels) in both commands."""
+    from dimlab.commands.main import main as dimlab
+    from dimlab.eval.split import official_labels
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    np.savez(tmp_path / "real.npz", np.random.default_rng(0).integers(0, 256, size=(6, 8, 8), dtype=np.uint8))
+    ref = _ref_stats(tmp_path, tmp_path / "real.npz", random_inception_weights)
+    common = ["--ckpt", str(ckpt), "--seed", "7", "--steps", "3", "--cfg-scale", "0.4", "--batch-size", "2"]
+    fid_pngs, sample_dir = tmp_path / "fid_pngs", tmp_path / "sample"
+    fid_argv = ["fid", *common, "--num-samples", "4", "--ref", str(ref), "--feature-dim", "64"]
+    fid_argv += [
+        "--inception-weights",
+        str(random_inception_weights),
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+    ]
+    assert dimlab([*fid_argv, "--save-images", str(fid_pngs)]) == 0
+    assert dimlab(["sample", *common, "--num", "3", "--out", str(sample_dir), "--device", "cpu"]) == 0
+
+    recorded = json.loads((sample_dir / "sample_args.json").read_text())
+    assert recorded["labels"] == official_labels(3, 4, seed=7).tolist()
+    for i in range(3):
+        from_fid = np.asarray(Image.open(fid_pngs / f"{i:06d}.png"))
+        from_sample = np.asarray(Image.open(sample_dir / f"{i:06d}.png"))
+        assert from_fid.shape == (8, 8, 3) and from_sample.shape == (8, 8)
+        assert np.array_equal(from_fid[..., 0], from_sample), (
+            f"image {i} differs between dimlab fid and sample"
+        )

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dimlab.eval.cli import main
+from dimlab.commands.fid import main
 
 
 @pytest.mark.slow

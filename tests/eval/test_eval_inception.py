@@ -82,7 +82,7 @@ def test_missing_weights_fail_before_any_sampling(empty_torch_home):
 
 
 def test_cli_reports_missing_weights_before_loading_the_checkpoint(empty_torch_home, tmp_path, capsys):
-    from dimlab.eval.cli import main
+    from dimlab.commands.fid import main
 
     ckpt = tmp_path / "garbage.ckpt"
     ckpt.write_bytes(b"not a checkpoint")  # loading it would fail differently

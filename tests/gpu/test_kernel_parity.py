@@ -19,7 +19,7 @@ pytestmark = [
 ]
 
 D_MODELS = [512, 1024, 1536]  # DiM-S / L / H
-LENGTHS = [366, 1230]  # 256px and 512px token sequences (reference §1.1)
+LENGTHS = [366, 1230]  # 256px and 512px token sequences (docs/backbone.md)
 FP32_TOL = 1e-4
 BF16_TOL = 1e-2
 

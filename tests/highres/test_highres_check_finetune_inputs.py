@@ -5,21 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
+from dimlab.commands.check_finetune import FinetuneInputError, check_checkpoint, main, read_fit_config
 from dimlab.data.manifest import read_manifest
-from dimlab.highres.check_finetune_inputs import FinetuneInputError, check_checkpoint, main, read_fit_config
-from dimlab.models.convert import backbone_checkpoint
-from dimlab.models.dim import DiM
+from dimlab.models.checkpoint import backbone_checkpoint
 from dimlab.models.presets import build_backbone
 from dimlab.models.spec import backbone_spec
+from tiny_models import tiny_dim
 
 REPO = Path(__file__).resolve().parents[2]
 FT_CONFIG = REPO / "experiments" / "imagenet512" / "dim_h2_ft.yaml"
-TINY = dict(
-    patch_size=2, in_channels=1, hidden_size=32, depth=3, num_classes=10, d_state=4, scan_backend="torch"
-)
 
 
 def _save_backbone(model, path):
@@ -66,16 +62,6 @@ def test_missing_or_wrong_checkpoints_fail_first(tmp_path, capsys):
     assert status == 2 and "none.yaml" in err
 
 
-@pytest.fixture(scope="module")
-def digit_shards(tmp_path_factory):
-    from dimlab.data.digits import write_digits_shards
-
-    root = tmp_path_factory.mktemp("digits")
-    write_digits_shards(root / "d8", size=8)
-    write_digits_shards(root / "d16", size=16)
-    return root
-
-
 def _tiny_config(path, input_size=16, resolution=16):
     path.write_text(
         f"""
@@ -101,19 +87,19 @@ data:
 
 
 def test_tiny_fine_tune_inputs_pass_and_mismatched_data_fails(tmp_path, capsys, digit_shards):
-    ckpt = _save_backbone(DiM(input_size=8, **TINY), tmp_path / "tiny8.pt")
+    ckpt = _save_backbone(tiny_dim(num_classes=10), tmp_path / "tiny8.pt")
     config = _tiny_config(tmp_path / "ft.yaml")
-    status, out, err = _run(capsys, "--config", config, "--ckpt", ckpt, "--data", digit_shards / "d16")
+    status, out, err = _run(capsys, "--config", config, "--ckpt", ckpt, "--data", digit_shards(size=16))
     assert status == 0, err
     assert "resized ['pos_embed']" in out and "4x4 -> 8x8" in out
-    train = read_manifest(digit_shards / "d16")["splits"]["train"]
+    train = read_manifest(digit_shards(size=16))["splits"]["train"]
     assert f"{len(train['shards'])} shard(s), {train['samples']} training samples" in out
     # 8 px shards for a 16 px fine-tune: the manifest check of the real data module
-    status, _, err = _run(capsys, "--config", config, "--ckpt", ckpt, "--data", digit_shards / "d8")
+    status, _, err = _run(capsys, "--config", config, "--ckpt", ckpt, "--data", digit_shards(size=8))
     assert status == 2 and "resolution 8 but resolution=16" in err
     # a config whose model is not built for the data size
     bad = _tiny_config(tmp_path / "bad.yaml", input_size=8)
-    status, _, err = _run(capsys, "--config", bad, "--ckpt", ckpt, "--data", digit_shards / "d16")
+    status, _, err = _run(capsys, "--config", bad, "--ckpt", ckpt, "--data", digit_shards(size=16))
     assert status == 2 and "input_size is 8" in err
 
 

@@ -6,19 +6,20 @@ import json
 
 import pytest
 import torch
-from highres_tiny import TINY_DIM
 
-from dimlab.highres.finetune_demo import DemoSettings, main, run_demo
+from dimlab.demos.finetune import DemoSettings, main, run_demo
 from dimlab.lit.module import DiffusionModule
-from dimlab.models.convert import read_backbone_file
-from dimlab.models.dim import DiM, resize_pos_embed
+from dimlab.models.checkpoint import read_backbone_file
+from dimlab.models.layers import resize_pos_embed
+from tiny_models import tiny_dim
 
 
 def test_init_from_a_low_resolution_checkpoint(tiny_dim_ckpt):
     """The 256 -> 512 load on a tiny model: 8 px (4x4 tokens) into 16 px (8x8 tokens, rho_pad fill)."""
     _, source = read_backbone_file(tiny_dim_ckpt, ema=True)
     module = DiffusionModule(
-        DiM(**{**TINY_DIM, "input_size": 16, "pad_fill": "rho_pad"}), init_from=str(tiny_dim_ckpt)
+        tiny_dim(depth=5, input_size=16, pad_fill="rho_pad"),  # the tiny_dim_ckpt model at 16 px
+        init_from=str(tiny_dim_ckpt),
     )
     report = module.init_report
     assert report.resized == ["pos_embed"]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dimlab.cli import main
-from dimlab.lit.sampling import load_sampler, upsample_factor
+from dimlab.commands.main import main
 from dimlab.models.dim import DiM
+from dimlab.sampling.sampler import load_sampler, upsample_factor
 
 
 class InputShapes:

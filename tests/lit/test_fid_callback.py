@@ -11,14 +11,13 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, Dataset
 
+from dimlab.data.transforms import to_uint8
 from dimlab.eval.fid import frechet_distance, stats_from_metric
-from dimlab.eval.quantize import to_uint8
 from dimlab.eval.ref_stats import ReferenceStats
 from dimlab.eval.split import official_labels, sample_seeds
 from dimlab.lit.fid_callback import FIDCallback, fid_metric_key
 from dimlab.lit.module import DiffusionModule
-from dimlab.models.uvit import UViT
-from tiny_models import tiny_trainer
+from tiny_models import tiny_trainer, tiny_uvit
 
 pytest.importorskip("torch_fidelity")
 
@@ -47,7 +46,7 @@ def _loader():
 
 def _module() -> DiffusionModule:
     torch.manual_seed(0)
-    backbone = UViT(input_size=8, hidden_size=32, depth=3, num_heads=2, in_channels=1, num_classes=10)
+    backbone = tiny_uvit(num_classes=10)
     return DiffusionModule(backbone, schedule="vp_sde", warmup_steps=0, ema_decay=0.5)
 
 

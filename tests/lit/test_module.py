@@ -84,7 +84,7 @@ def test_cfg_label_dropout():
 
 def test_checkpoint_holds_backbone_spec_ema_and_rebuilds(tiny_backbone, blob_data, make_trainer, tmp_path):
     import dimlab
-    from dimlab.lit.sampling import load_sampler
+    from dimlab.sampling.sampler import load_sampler
 
     module = _module(tiny_backbone())
     trainer = make_trainer(tmp_path, max_steps=2)
@@ -112,19 +112,18 @@ def test_checkpoint_holds_backbone_spec_ema_and_rebuilds(tiny_backbone, blob_dat
     ), "a sample depends only on its own seed and label, not on the batch"
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, digit_shards):
     """N steps straight == N/2 steps + resume from the mid-run checkpoint + N/2 steps (shard data position too)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from dimlab.data.digits import write_digits_shards
     from tiny_models import digits8_data, tiny_dim, tiny_trainer
 
-    write_digits_shards(tmp_path / "digits", size=8, shard_size=100)
+    digits = digit_shards(size=8, shard_size=100)
 
     def run(max_steps, root, ckpt_path=None):
         L.seed_everything(0)
         module = _module(tiny_dim(num_classes=10), warmup_steps=3)
-        data = digits8_data(tmp_path / "digits", samples_per_epoch=48, shuffle_buffer=50, seed=3)
+        data = digits8_data(digits, samples_per_epoch=48, shuffle_buffer=50, seed=3)
         ckpt = ModelCheckpoint(dirpath=str(root / "ckpt"), every_n_train_steps=4, save_top_k=-1)
         trainer = tiny_trainer(root, max_steps, enable_checkpointing=True, callbacks=[ckpt])
         trainer.fit(module, data, ckpt_path=ckpt_path)
@@ -145,17 +144,16 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_validate_and_test_subcommands_report_the_ema_loss(tmp_path):
+def test_validate_and_test_subcommands_report_the_ema_loss(tmp_path, digit_shards):
     """`dimlab validate` and `dimlab test` run the EMA loss over the held-out split of a shard folder."""
-    from dimlab.cli import DimlabCLI
-    from dimlab.data.digits import write_digits_shards
+    from dimlab.commands.fit import DimlabCLI
 
-    write_digits_shards(tmp_path / "digits", size=8, shard_size=100)
+    digits = digit_shards(size=8, shard_size=100)
     common = [
         "--config",
         "experiments/demo/digits.yaml",
-        f"--data.train_shards={tmp_path / 'digits'}",
-        f"--data.val_shards={tmp_path / 'digits'}",
+        f"--data.train_shards={digits}",
+        f"--data.val_shards={digits}",
         f"--trainer.default_root_dir={tmp_path / 'run'}",
         "--trainer.limit_val_batches=2",
         "--trainer.limit_test_batches=2",

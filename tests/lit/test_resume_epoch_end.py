@@ -15,7 +15,6 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from dimlab.data.digits import write_digits_shards
 from dimlab.lit.module import DiffusionModule
 
 BATCHES_PER_EPOCH = 4  # samples_per_epoch 32 / batch 8
@@ -33,10 +32,8 @@ class BatchLog(Callback):
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("digits_epoch_end")
-    write_digits_shards(out, size=8, shard_size=100)
-    return out
+def digits(digit_shards):
+    return digit_shards(size=8, shard_size=100)
 
 
 def _fit(digits, root, stop, num_workers, accumulate, ckpt_path=None, epochs=2):

@@ -1,4 +1,4 @@
-"""Sampling precision and CUDA-graph replay (``dimlab.diffusion.fast_eval``) through :class:`dimlab.lit.sampling.Sampler`.
+"""Sampling precision and CUDA-graph replay (``dimlab.diffusion.fast_eval``) through :class:`dimlab.sampling.sampler.Sampler`.
 
 CPU: bf16 autocast really applies and stays close to fp32; graphs are refused off CUDA with a clear message.
 GPU (``gpu`` mark): graph replay equals eager sampling in fp32 and bf16, reuses its graphs for the next batch's
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dimlab.diffusion.fast_eval import CudaGraphedModelFn, fast_model_fn, with_precision
-from dimlab.lit.sampling import Sampler
+from dimlab.sampling.sampler import Sampler
+from dimlab.sampling.spec import DiffusionSpec
 from tiny_models import tiny_dim
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -19,15 +20,12 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 def _sampler(device="cpu") -> Sampler:
     torch.manual_seed(0)
-    backbone = tiny_dim(num_classes=4, channels=1, size=8)
+    backbone = tiny_dim()
     with torch.no_grad():  # the zero-initialised head would make every sample the same
         for p in backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return Sampler(
-        backbone=backbone.to(device).eval(),
-        schedule_name="sd_discrete",
-        latent_shape=(1, 8, 8),
-        num_classes=4,
+        backbone.to(device).eval(), DiffusionSpec("sd_discrete", latent_shape=(1, 8, 8), num_classes=4)
     )
 
 

@@ -15,12 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from dimlab.lit.callbacks import SampleGrid
 from dimlab.lit.module import DiffusionModule
-from dimlab.lit.wandb_logging import (
-    WandbSaveConfigCallback,
-    find_secret_keys,
-    read_offline_run,
-    wait_for_offline_run,
-)
+from dimlab.lit.wandb_config import WandbSaveConfigCallback, find_secret_keys
+from dimlab.lit.wandb_offline import read_offline_run, wait_for_offline_run
 
 wandb = pytest.importorskip("wandb")
 

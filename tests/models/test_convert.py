@@ -1,4 +1,4 @@
-"""Official <-> dimlab conversion, config inference, the backbone file format and load_backbone."""
+"""Official <-> dimlab conversion, config inference, the backbone file format, load_backbone and the command."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ import json
 import pytest
 import torch
 
-from dimlab.models.convert import (
-    backbone_checkpoint,
+from dimlab.commands.convert_official import main
+from dimlab.models.checkpoint import backbone_checkpoint, load_backbone, load_weights_adapting
+from dimlab.models.dim import DiM
+from dimlab.models.layers import resize_pos_embed
+from dimlab.models.official import (
     convert_official_state_dict,
     dimlab_to_official,
     infer_official_config,
-    load_backbone,
-    load_weights_adapting,
-    main,
     official_to_dimlab,
 )
-from dimlab.models.dim import DiM, resize_pos_embed
 from dimlab.models.presets import DIM_PARAM_COUNTS, DIM_PRESETS
 from dimlab.models.spec import backbone_spec
+from tiny_models import tiny_dim
 
 OFFICIAL_TO_PRESET = {
     "cifar10_S_DiM": "dim_s2",
@@ -29,7 +29,8 @@ OFFICIAL_TO_PRESET = {
 }
 REAL_LIMIT = 1_000_000  # tensors above this many elements are meta tensors, to keep L/H fast and small
 
-TINY = dict(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=5, num_classes=3, d_state=4)
+#: What these tests change in the tiny recipe: 2 channels, 5 blocks, 3 classes.
+TINY = dict(in_channels=2, depth=5, num_classes=3)
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_infer_pad_fill(official_shapes):
 
 def _tiny_official(**overrides) -> tuple[DiM, dict[str, torch.Tensor]]:
     torch.manual_seed(3)
-    model = DiM(**{**TINY, **overrides})
+    model = tiny_dim(**{**TINY, **overrides})
     with torch.no_grad():
         model.pos_embed.normal_()  # make every tensor non-trivial
     return model, dimlab_to_official(model.state_dict())
@@ -129,7 +130,7 @@ def test_missing_and_unknown_keys_are_clear_errors():
 
 def test_load_weights_adapting_resizes_pos_embed_256_to_512():
     small, _ = _tiny_official()
-    big = DiM(**{**TINY, "input_size": 16})
+    big = tiny_dim(**{**TINY, "input_size": 16})
     report = load_weights_adapting(big, small.state_dict())
     assert report.resized == ["pos_embed"]
     assert not report.newly_initialised and not report.unexpected
@@ -141,13 +142,13 @@ def test_load_weights_adapting_resizes_pos_embed_256_to_512():
 
 def test_load_weights_adapting_rejects_other_mismatches_and_reports_new_keys():
     small, _ = _tiny_official()
-    wide = DiM(**{**TINY, "hidden_size": 48})
+    wide = tiny_dim(**{**TINY, "hidden_size": 48})
     with pytest.raises(
         ValueError, match=r"patch_embed\.weight: expected \(48, 2, 2, 2\), got \(32, 2, 2, 2\)"
     ):
         load_weights_adapting(wide, small.state_dict())
     no_pads = {k: v for k, v in small.state_dict().items() if k != "line_pad_tokens"}
-    target = DiM(**TINY)
+    target = tiny_dim(**TINY)
     report = load_weights_adapting(target, {**no_pads, "extra.weight": torch.zeros(1)})
     assert report.newly_initialised == ["line_pad_tokens"] and report.unexpected == ["extra.weight"]
 
@@ -173,9 +174,9 @@ def test_cli_round_trip_and_load_backbone(tmp_path):
 
 
 def test_load_backbone_reads_training_checkpoints_and_prefers_ema(tmp_path):
-    raw = DiM(**TINY)
+    raw = tiny_dim(**TINY)
     torch.manual_seed(11)
-    ema = DiM(**TINY)
+    ema = tiny_dim(**TINY)
     ckpt = {
         "dimlab_backbone": backbone_spec(raw),
         "state_dict": {

@@ -1,4 +1,4 @@
-"""The DiM backbone: shapes, conditioning, pads, scans, skips, switches, init, sizes (dim-reference.md 1-2)."""
+"""The DiM backbone: shapes, conditioning, pads, scans, skips, switches, init, sizes (docs/backbone.md)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from dimlab.models.dim import DiM, resize_pos_embed
+from dimlab.models.dim import DiM
+from dimlab.models.layers import resize_pos_embed
 from dimlab.models.scan_order import PaddedGrid, scan_permutation, skip_pairs
+from tiny_models import tiny_dim
 
-TINY = dict(input_size=8, patch_size=2, in_channels=2, hidden_size=32, depth=7, num_classes=3, d_state=4)
+#: What these tests change in the tiny recipe: 2 channels, 7 blocks (3 skip pairs), 3 classes.
+TINY = dict(in_channels=2, depth=7, num_classes=3)
 
 
 def _tiny(**overrides) -> DiM:
     torch.manual_seed(0)
-    return DiM(**{**TINY, **overrides})
+    return tiny_dim(**{**TINY, **overrides})
 
 
 def _inputs(batch=2, height=8, width=8, channels=2, seed=1):
@@ -80,13 +83,13 @@ def test_bad_channels_and_constructor_args_are_clear_errors():
     with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
         _tiny()(x, t, y)
     with pytest.raises(ValueError, match="patch_size"):
-        DiM(**{**TINY, "input_size": 9})
+        tiny_dim(**{**TINY, "input_size": 9})
     with pytest.raises(ValueError, match="pad_fill"):
-        DiM(**{**TINY, "pad_fill": "zigzag"})
+        tiny_dim(**{**TINY, "pad_fill": "zigzag"})
     with pytest.raises(ValueError, match="skip_fusion"):
-        DiM(**{**TINY, "skip_fusion": "gated"})
+        tiny_dim(**{**TINY, "skip_fusion": "gated"})
     with pytest.raises(ValueError, match="odd"):
-        DiM(**{**TINY, "depth": 4})
+        tiny_dim(**{**TINY, "depth": 4})
 
 
 def _capture_block0_input(model: DiM, x, t, y) -> torch.Tensor:
@@ -203,7 +206,7 @@ def test_skip_fusion_styles():
         "skip_fusion.skip_proj.weight",
         "skip_fusion.skip_proj.bias",
     }
-    wide = DiM(**{**TINY, "hidden_size": 520, "depth": 3, "input_size": 4})
+    wide = tiny_dim(**{**TINY, "hidden_size": 520, "depth": 3, "input_size": 4})
     assert wide.blocks[2].skip_fusion.mode == "sum"  # "auto": two summed linears above width 512
     assert wide.blocks[0].skip_fusion is None and wide.blocks[1].skip_fusion is None  # stem and source
 
@@ -260,7 +263,7 @@ def test_position_table_resize_and_cache():
 
 
 def test_initialisation_follows_reference():
-    model = DiM(**{**TINY, "hidden_size": 64, "depth": 9})
+    model = tiny_dim(**{**TINY, "hidden_size": 64, "depth": 9})
     assert torch.equal(model.pos_embed, torch.zeros_like(model.pos_embed))
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and module.bias is not None:

@@ -35,7 +35,7 @@ def test_official_state_dict_loads_both_ways():
 
 
 def test_parameter_count_matches_reference_formula():
-    """Reference §3.1: a mixer has 6D^2 + 4DR + 108D parameters (d_state 16, d_conv 3, expand 2)."""
+    """docs/backbone.md "Presets": a mixer has 6D^2 + 4DR + 108D parameters (d_state 16, d_conv 3, expand 2)."""
     for d in (512, 1024):
         r = math.ceil(d / 16)
         assert sum(p.numel() for p in Mamba(d, d_conv=3).parameters()) == 6 * d * d + 4 * d * r + 108 * d

@@ -1,4 +1,4 @@
-"""Backbone presets: exact official parameter counts (dim-reference.md 3.1) and name resolution."""
+"""Backbone presets: exact official parameter counts (docs/backbone.md, "Presets") and name resolution."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dimlab.models.dim import DiM
-from dimlab.models.presets import DIM_PARAM_COUNTS, DIM_PRESETS, build_backbone, preset_names
+from dimlab.models.presets import DIM_PARAM_COUNTS, DIM_PRESETS, UVIT_PRESETS, build_backbone, preset_names
+from dimlab.models.uvit import UViT
 
 
 @pytest.mark.parametrize(
@@ -44,8 +45,6 @@ def test_overrides_apply():
 
 
 def test_uvit_names_resolve():
-    from dimlab.models.uvit import UVIT_PRESETS, UViT
-
     name = sorted(UVIT_PRESETS)[0]
     with torch.device("meta"):
         model = build_backbone(name)

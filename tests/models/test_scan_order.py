@@ -1,4 +1,4 @@
-"""Scan orders, pad layouts, the block schedule and skip pairing (dim-reference.md 1.2-6c, 1.3, 1.4)."""
+"""Scan orders, pad layouts, the block schedule and skip pairing (docs/backbone.md, "Forward pass")."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _abbrev(schedule):
 
 
 def test_schedule_49_matches_reference_trace():
-    # dim-reference.md 1.3, verified output for N=49 (the entries it lists explicitly).
+    # The schedule of the released 49-block models, as traced from the official code (docs/backbone.md).
     trace = (
         "0 rf 1 rb 2 cf 3 cb 4 rf 5 rb 6 cf 7 cb 8 rf 9 rb 10 cf 11 cb 12 rf 13 rb 14 cf 15 cb 16 rf 17 rb 18 cf "
         "19 cb 20 rf 21 rb 22 cf 23 cb 24 rf 25 cb 26 cf 27 rb 28 rf 29 cb 30 cf 31 rb 32 rf 45 cb 46 cf 47 rb 48 rf"

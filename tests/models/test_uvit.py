@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dimlab.models.uvit import UVIT_PRESETS, UViT, build_uvit, resize_pos_embed, timestep_sinusoid
+from dimlab.models.layers import resize_pos_embed, timestep_sinusoid
+from dimlab.models.presets import UVIT_PRESETS, build_backbone
+from dimlab.models.uvit import UViT
+from tiny_models import tiny_uvit
 
-TINY = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=5, num_heads=4, num_classes=10)
+#: What these tests change in the tiny recipe: 3 channels, 5 blocks, 4 heads, 10 classes.
+TINY = dict(in_channels=3, depth=5, num_heads=4, num_classes=10)
 
 # Published sizes in millions ("44M", "287M", "501M" in the U-ViT paper's configuration table) and the exact
 # counts of this implementation (recorded in docs/uvit.md). The exact ones were derived by hand from the
@@ -24,7 +28,7 @@ EXACT_COUNTS = {
 
 def _tiny(**overrides) -> UViT:
     torch.manual_seed(0)
-    return UViT(**{**TINY, **overrides})
+    return tiny_uvit(**{**TINY, **overrides})
 
 
 def _analytic_count(kw: dict) -> int:
@@ -105,17 +109,17 @@ def test_rectangular_inputs_use_resized_pos_embed():
 
 def test_resize_pos_embed_keeps_extras_and_is_identity_on_same_grid():
     table = torch.randn(1, 2 + 4 * 4, 8)
-    assert resize_pos_embed(table, 2, (4, 4), (4, 4)) is table
-    resized = resize_pos_embed(table, 2, (4, 4), (8, 2))
+    assert resize_pos_embed(table, (4, 4), (4, 4), 2) is table
+    resized = resize_pos_embed(table, (4, 4), (8, 2), 2)
     assert resized.shape == (1, 2 + 16, 8)
     torch.testing.assert_close(resized[:, :2], table[:, :2])
     # A constant grid stays constant under bilinear resizing.
     const = torch.cat([table[:, :2], torch.full((1, 16, 8), 0.25)], dim=1)
     torch.testing.assert_close(
-        resize_pos_embed(const, 2, (4, 4), (6, 10))[:, 2:], torch.full((1, 60, 8), 0.25)
+        resize_pos_embed(const, (4, 4), (6, 10), 2)[:, 2:], torch.full((1, 60, 8), 0.25)
     )
     with pytest.raises(ValueError, match="expected 2 extra"):
-        resize_pos_embed(table, 2, (5, 5), (4, 4))
+        resize_pos_embed(table, (5, 5), (4, 4), 2)
 
 
 def test_bad_input_size_is_a_clear_error():
@@ -127,9 +131,9 @@ def test_bad_input_size_is_a_clear_error():
     with pytest.raises(ValueError, match="t must be a scalar"):
         model(torch.randn(2, 3, 8, 8), torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ValueError, match="depth must be a positive odd"):
-        UViT(**{**TINY, "depth": 4})
+        tiny_uvit(**{**TINY, "depth": 4})
     with pytest.raises(ValueError, match="not divisible by num_heads"):
-        UViT(**{**TINY, "num_heads": 5})
+        tiny_uvit(**{**TINY, "num_heads": 5})
 
 
 def test_gradient_checkpointing_gives_same_gradients():
@@ -188,7 +192,7 @@ def test_timestep_sinusoid_matches_diffusers():
 @pytest.mark.parametrize("name", sorted(UVIT_PRESETS))
 def test_preset_parameter_counts(name):
     with torch.device("meta"):
-        model = build_uvit(name)
+        model = build_backbone(name)
     count = sum(p.numel() for p in model.parameters())
     assert count == _analytic_count(UVIT_PRESETS[name])
     assert count == EXACT_COUNTS[name]
@@ -196,17 +200,17 @@ def test_preset_parameter_counts(name):
         assert round(count / 1e6) == PUBLISHED_MILLIONS[name]
 
 
-def test_build_uvit_overrides_and_unknown_name():
+def test_build_backbone_uvit_overrides_and_unknown_name():
     with torch.device("meta"):
-        model = build_uvit("uvit_l2", depth=3, gradient_checkpointing=True)
+        model = build_backbone("uvit_l2", depth=3, gradient_checkpointing=True)
     assert len(model.in_blocks) == 1 and model.gradient_checkpointing
     with pytest.raises(KeyError, match="uvit_s2"):
-        build_uvit("uvit_xl")
+        build_backbone("uvit_xl")
 
 
 def test_full_size_uvit_s2_forward():
     torch.manual_seed(0)
-    model = build_uvit("uvit_s2").eval()
+    model = build_backbone("uvit_s2").eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32), torch.tensor([500.0]))
     assert out.shape == (1, 3, 32, 32)

@@ -22,9 +22,8 @@ import torch
 from reliability_cli import fit_args
 from torch.utils.data import DataLoader, Dataset
 
-from dimlab.cli import main
+from dimlab.commands.main import main
 from dimlab.lit.module import DiffusionModule
-from dimlab.models.dim import DiM
 from tiny_models import tiny_dim, tiny_trainer, tiny_uvit
 
 
@@ -83,7 +82,7 @@ def test_data_resolution_that_disagrees_with_the_backbone(tmp_path):
 
     # latent space: VAE moments of a 40-pixel image (5x5) for a model of 4x4 latents (32-pixel images)
     latent = DiffusionModule(
-        DiM(input_size=4, patch_size=2, in_channels=4, hidden_size=32, depth=3, num_classes=4, d_state=4),
+        tiny_dim(input_size=4, in_channels=4),
         schedule="sd_discrete",
         vae_path=str(tmp_path / "unused-vae"),
         warmup_steps=0,
@@ -112,7 +111,7 @@ def test_checkpoint_of_another_architecture_or_preset(tmp_path):
         ValueError, match=r"uvit\.ckpt holds a dimlab\.models\.uvit\.UViT backbone, but model"
     ):
         DiffusionModule(tiny_dim(), schedule="vp_sde", init_from=str(uvit_ckpt))
-    wider = DiM(input_size=8, patch_size=2, in_channels=1, hidden_size=48, depth=3, num_classes=4, d_state=4)
+    wider = tiny_dim(hidden_size=48)
     with pytest.raises(
         ValueError,
         match=r"\d+ tensor\(s\) do not match the model: .*'patch_embed.weight: expected \(48, 1, 2, 2\), got \(32, 1, 2, 2\)'",
@@ -120,7 +119,7 @@ def test_checkpoint_of_another_architecture_or_preset(tmp_path):
         DiffusionModule(wider, schedule="vp_sde", init_from=str(dim_ckpt))
 
     # --ckpt_path resume into a deeper model: the missing and unexpected tensors are listed by name
-    deeper = DiM(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=5, num_classes=4, d_state=4)
+    deeper = tiny_dim(depth=5)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: .*\"backbone\.blocks\.3\."):
         trainer.fit(

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from reliability_cli import fit_args
 from torch.utils.data import DataLoader
 
-from dimlab.cli import DimlabCLI
+from dimlab.commands.fit import DimlabCLI
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
 from dimlab.lit.module import DiffusionModule
 from tiny_models import TinyImages, tiny_dim, tiny_trainer

@@ -13,7 +13,7 @@ works). Keys::
     rows: [{name: a, long_skips: false, overrides: {...}}]
     extra_rows: [{name: uvit_s2, base: experiments/cifar10/uvit_s2.yaml, overrides: {...}}]
     metrics: [fid/10k_dpmpp50_cfg0]
-    scorer: {callable: dimlab.demo.score_checkpoint, args: {per_class: 10}}   # optional, see below
+    scorer: {callable: dimlab.demos.digits.score_checkpoint, args: {per_class: 10}}   # optional, see below
 
 ``scorer`` names a function ``f(checkpoint_path, **args) -> dict`` run on each finished row's ``last.ckpt``
 after training (in the ``dimlab ablate`` process); its numbers land in ``<row>/score.json`` and can be listed
@@ -37,7 +37,15 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dimlab.ablation.axes import AXES, axis_overrides, normalize_axis_value
+from dimlab.ablation.axes import (
+    AXES,
+    AXIS_ORDER,
+    Axis,
+    axis_for,
+    axis_overrides,
+    known_axis,
+    normalize_axis_value,
+)
 
 DESIGNS = ("leave_one_out", "full", "rows")
 _TOP_KEYS = {"name", "description", "base", "output_dir", "wandb", "overrides", "axes", "design", "rows"}
@@ -165,31 +173,44 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 def _parse_axes(raw: Any, where: str) -> dict[str, list[Any]]:
     axes: dict[str, list[Any]] = {}
-    for axis, values in _mapping(raw, where).items():
-        key = f"{where}.{axis}"
-        if axis not in AXES:
-            raise MatrixError(f"{key}: unknown axis {axis!r}; expected one of {sorted(AXES)}")
+    for name, values in _mapping(raw, where).items():
+        key = f"{where}.{name}"
+        axis = axis_for(name, key)
+        if axis is None:
+            raise MatrixError(f"{key}: unknown axis {name!r}; expected one of {sorted(AXES)}")
         if not isinstance(values, list) or not values:
             raise MatrixError(f"{key}: expected a non-empty list of values, got {values!r}")
         normalized = [_normalize(axis, v, key) for v in values]
         if len(set(map(repr, normalized))) != len(normalized):
             raise MatrixError(f"{key}: duplicate values in {values!r}")
-        axes[axis] = normalized
+        axes[name] = normalized
+    _check_flags_set_once(list(axes), where)
     # Canonical order (the paper's MS, LSC, PT, LFE) so names and tables do not depend on the YAML order.
-    return {axis: axes[axis] for axis in AXES if axis in axes}
+    return {name: axes[name] for name in AXIS_ORDER if name in axes}
 
 
-def _normalize(axis: str, value: Any, where: str) -> Any:
+def _check_flags_set_once(names: list[str], where: str) -> None:
+    """MatrixError when two keys set one constructor argument (``long_skip`` beside the old ``long_skips``)."""
+    owner: dict[str, str] = {}
+    for name in names:
+        for flag in known_axis(name).flags:
+            if flag in owner:
+                raise MatrixError(
+                    f"{where}: {owner[flag]!r} and {name!r} both set {flag!r}; keep one of them"
+                )
+            owner[flag] = name
+
+
+def _normalize(axis: Axis, value: Any, where: str) -> Any:
     try:
         return normalize_axis_value(axis, value, where)
     except ValueError as err:
         raise MatrixError(str(err)) from None
 
 
-def _value_label(axis: str, value: Any) -> str:
-    return (
-        f"no_{axis}" if value == AXES[axis].off and type(value) is type(AXES[axis].off) else f"{axis}_{value}"
-    )
+def _value_label(name: str, value: Any) -> str:
+    off = known_axis(name).off
+    return f"no_{name}" if value == off and type(value) is type(off) else f"{name}_{value}"
 
 
 def _leave_one_out(axes: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -205,7 +226,7 @@ def _full_factorial(axes: dict[str, list[Any]]) -> list[tuple[str, dict[str, Any
     rows = []
     for combo in itertools.product(*axes.values()):
         values = dict(zip(axes, combo, strict=True))
-        rows.append(("_".join(AXES[a].tag(v) for a, v in values.items()), values))
+        rows.append(("_".join(known_axis(a).tag(v) for a, v in values.items()), values))
     return rows
 
 
@@ -226,12 +247,14 @@ def _parse_row(raw: Any, where: str) -> _RowSpec:
     for key, value in entry.items():
         if key in _ROW_KEYS:
             continue
-        if key not in AXES:
+        axis = axis_for(key, f"{where}.{key}")
+        if axis is None:
             raise MatrixError(
                 f"{where}.{key}: unknown axis or row key {key!r}; expected {sorted(_ROW_KEYS)} or an axis "
                 f"{sorted(AXES)}"
             )
-        values[key] = _normalize(key, value, f"{where}.{key}")
+        values[key] = _normalize(axis, value, f"{where}.{key}")
+    _check_flags_set_once(list(values), where)
     return _RowSpec(
         name=entry["name"],
         axes=values,
@@ -310,10 +333,13 @@ def _design_rows(
         if not isinstance(raw_rows, list) or not raw_rows:
             raise MatrixError(f"{path}: {rows_key}: design `rows` needs a non-empty list of rows")
         specs = [_parse_row(r, f"{path}: {rows_key}[{i}]") for i, r in enumerate(raw_rows)]
-        # Design rows are full-model rows with some axes changed.
+        # Design rows are full-model rows with some axes changed (a row's key replaces every listed axis that
+        # sets one of the same constructor arguments).
         full = {axis: values[0] for axis, values in axes.items()}
         for spec in specs:
-            spec.axes = {**full, **spec.axes}
+            changed = {flag for key in spec.axes for flag in known_axis(key).flags}
+            kept = {k: v for k, v in full.items() if not changed & set(known_axis(k).flags)}
+            spec.axes = {**kept, **spec.axes}
         return design, specs
     if raw.get("rows") is not None:
         raise MatrixError(f"{path}: rows: only used with `design: rows` (design is {design!r})")

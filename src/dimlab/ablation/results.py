@@ -14,6 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import wandb
+from rich.table import Table
+
 from dimlab.ablation.matrix import AblationMatrix, WandbSettings
 from dimlab.ablation.runner import find_last_checkpoint, read_summary, wandb_run_id
 from dimlab.ablation.scoring import read_score
@@ -120,8 +123,6 @@ def write_results(
 
 def rich_table(records: Iterable[dict[str, Any]], columns: list[str], title: str):
     """A ``rich.table.Table`` of the records for the terminal."""
-    from rich.table import Table
-
     table = Table(title=title)
     for column in columns:
         table.add_column(column, justify="left" if column in ("row", "status") else "right")
@@ -142,8 +143,6 @@ def log_results_to_wandb(
     Offline mode (``wandb.mode: offline`` or ``WANDB_MODE=offline``) writes it under ``output_dir/wandb`` for a
     later ``wandb sync``.
     """
-    import wandb
-
     group = settings.group or matrix_name
     run = wandb.init(
         project=settings.project,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from dimlab.data.array_source import write_array_shards
+from dimlab.files import atomic_write
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -82,13 +84,12 @@ def download_cifar10(directory: str | os.PathLike) -> Path:
     target = Path(directory) / "cifar-10-python.tar.gz"
     if target.is_file() and file_md5(target) == CIFAR10_MD5:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
-    urllib.request.urlretrieve(CIFAR10_URL, partial)
-    if (checksum := file_md5(partial)) != CIFAR10_MD5:
-        partial.unlink(missing_ok=True)
-        raise ValueError(f"{CIFAR10_URL}: downloaded file has MD5 {checksum}, expected {CIFAR10_MD5}")
-    os.replace(partial, target)
+    with atomic_write(target, "wb") as partial:
+        with urllib.request.urlopen(CIFAR10_URL) as response:
+            shutil.copyfileobj(response, partial)
+        partial.flush()
+        if (checksum := file_md5(partial.name)) != CIFAR10_MD5:
+            raise ValueError(f"{CIFAR10_URL}: downloaded file has MD5 {checksum}, expected {CIFAR10_MD5}")
     return target
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from sklearn.datasets import load_digits
 
 from dimlab.data.array_source import write_array_shards
 
@@ -19,8 +20,6 @@ DIGITS_LEVELS = 16  # load_digits stores intensities 0..16
 
 def load_digits_images(size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """All digits as (1797, size, size) uint8 grey images (BICUBIC upsampled from 8x8) and int64 labels."""
-    from sklearn.datasets import load_digits
-
     if size < 8:
         raise ValueError(f"digits: --size must be at least 8 (the source resolution), got {size}")
     digits = load_digits()

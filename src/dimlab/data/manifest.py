@@ -1,13 +1,14 @@
-"""``manifest.json``: what a shard directory holds (splits, counts, classes, hashes) and atomic file writes."""
+"""``manifest.json``: what a shard directory holds (splits, counts, classes, hashes) and the atomic JSON writes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from dimlab.files import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -23,20 +24,9 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    Readers never see a half-written file, and an interrupted write leaves the old file (or none).
-    """
-    path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; manifests are meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` so that readers never see a half-written file (:func:`dimlab.files.atomic_write`)."""
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:

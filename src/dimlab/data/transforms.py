@@ -1,4 +1,10 @@
-"""Image transforms shared by the shard writers and the loaders: ADM centre crop, encode/decode, scaling."""
+"""Image transforms and pixel conventions: ADM centre crop, encode/decode, uint8 <-> [-1, 1] scaling.
+
+:func:`uint8_to_signed` is how the loaders feed images to the models; :func:`to_uint8` is the way back, for every
+image dimlab writes or scores. It rounds like a saved PNG: torchmetrics' ``normalize=True`` converts with
+``(x * 255).byte()``, which *truncates*, while ``save_image`` (used by U-ViT / DiM before pytorch-fid) and PIL
+round; truncation shifts every pixel down by half a level on average, which moves FID measurably.
+"""
 
 from __future__ import annotations
 
@@ -56,3 +62,23 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
 def uint8_to_signed(images: torch.Tensor) -> torch.Tensor:
     """Map uint8 images in [0, 255] to float32 in [-1, 1] (the diffusion models' pixel range)."""
     return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+_VALUE_RANGES = {(-1.0, 1.0), (0.0, 1.0)}
+
+
+def to_uint8(images: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
+    """Round float images in ``value_range`` (``(-1, 1)`` or ``(0, 1)``) to uint8 in [0, 255], clamping outliers.
+
+    ``(-1, 1)``: ``((x + 1) * 127.5).round()``; ``(0, 1)``: ``(x * 255).round()``. ``torch.round`` rounds
+    halves to even where torchvision's ``save_image`` (``+ 0.5`` then truncate) rounds them up; the two differ
+    only on values that land exactly on a half level.
+    """
+    low, high = float(value_range[0]), float(value_range[1])
+    if (low, high) not in _VALUE_RANGES:
+        raise ValueError(f"value_range must be (-1, 1) or (0, 1), got {value_range!r}")
+    if not images.is_floating_point():
+        raise TypeError(f"to_uint8 expects a floating-point tensor, got dtype {images.dtype}")
+    x = images.float()
+    scaled = (x + 1.0) * 127.5 if low == -1.0 else x * 255.0
+    return scaled.round().clamp(0, 255).to(torch.uint8)

@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
+#: The scale of the SD VAE's latents (``0.18215 * z`` is what the diffusion models see).
 SD_LATENT_SCALE = 0.18215
+#: The SD VAE (kl-f8) downsamples by 8 in each dimension: a 256 px image is a 32x32 latent.
+SD_VAE_FACTOR = 8
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # diffusers' DiagonalGaussianDistribution clamps logvar to this range before use
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -25,8 +29,6 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     Raises ``FileNotFoundError`` / ``ValueError`` naming the folder when it is missing or is not a diffusers
     VAE (a ``config.json`` with ``_class_name: AutoencoderKL`` plus ``diffusion_pytorch_model`` weights).
     """
-    from diffusers import AutoencoderKL
-
     folder = Path(path)
     expected = (
         "a diffusers AutoencoderKL folder with config.json and diffusion_pytorch_model.safetensors (or .bin)"

@@ -40,11 +40,11 @@ from dimlab.data.manifest import (
     sha256_file,
     summarise_split,
 )
+from dimlab.files import TEMP_MARKER, atomic_write
 
 log = logging.getLogger(__name__)
 
 PROGRESS_DIR = ".progress"
-TMP_MARKER = ".tmp-"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -144,29 +144,25 @@ def _finished_record(out_dir: Path, job: ShardJob) -> dict[str, Any] | None:
 
 def _write_one_shard(builder: ShardBuilder, out_dir: Path, job: ShardJob, advance=None) -> dict[str, Any]:
     """Build one shard into a temporary file, record it, then rename it into place."""
-    final_path = out_dir / job.name
-    tmp_path = out_dir / f"{job.name}{TMP_MARKER}{os.getpid()}"
-    try:
-        with open(tmp_path, "wb") as stream:
-            writer = wds.TarWriter(stream, encoder=False, mtime=0, user="dimlab", group="dimlab", mode=0o444)
-            sink = ShardSink(writer)
-            builder(job, sink, advance or (lambda n: None))
-            writer.close()
+    with atomic_write(out_dir / job.name, "wb") as stream:
+        writer = wds.TarWriter(stream, encoder=False, mtime=0, user="dimlab", group="dimlab", mode=0o444)
+        sink = ShardSink(writer)
+        builder(job, sink, advance or (lambda n: None))
+        writer.close()
+        stream.flush()
         record = {
             "name": job.name,
             "split": job.split,
             "index": job.index,
             "samples": sink.samples,
-            "bytes": tmp_path.stat().st_size,
-            "sha256": sha256_file(tmp_path),
+            "bytes": os.path.getsize(stream.name),
+            "sha256": sha256_file(stream.name),
             "per_class": sink.per_class,
             "skipped": sink.skipped,
         }
+        # The record goes first: a shard in place always has one (a record without its shard is redone).
         atomic_write_json(_record_path(out_dir, job.name), record)
-        os.replace(tmp_path, final_path)
-        return record
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    return record
 
 
 def _check_plan(out_dir: Path, plan_hash: str) -> None:
@@ -183,7 +179,7 @@ def _check_plan(out_dir: Path, plan_hash: str) -> None:
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
-    for stale in out_dir.glob(f"*.tar{TMP_MARKER}*"):
+    for stale in out_dir.glob(f"*.tar{TEMP_MARKER}*"):
         log.info("removing unfinished shard %s from an interrupted run", stale)
         stale.unlink(missing_ok=True)
 

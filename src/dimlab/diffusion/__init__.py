@@ -1,1 +1,2 @@
-"""Noise schedules, the training objective, samplers and guidance (no Lightning)."""
+"""Noise schedules, the training objective, samplers, guidance and model-function wrappers (no Lightning, no
+argparse)."""

@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from rich.progress import track
 
+from dimlab.diffusion.broadcast import per_sample
 from dimlab.diffusion.schedules import NoiseSchedule
 
 __all__ = ["SKIP_TYPES", "DPMSolver", "fast_orders", "time_grid"]
@@ -82,11 +84,6 @@ def time_grid(
     raise ValueError(f"unknown skip_type {skip_type!r}; expected one of {SKIP_TYPES}")
 
 
-def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Per-sample coefficient ``(B,)`` shaped to broadcast against ``like`` ``(B, ...)``."""
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 class DPMSolver:
     """Single-step DPM-Solver (``predict_x0=False``) or DPM-Solver++ (``predict_x0=True``).
 
@@ -112,7 +109,7 @@ class DPMSolver:
         if not self.predict_x0:
             return eps
         alpha, sigma = self.schedule.alpha_sigma(t)
-        return (x - _col(sigma, x) * eps) / _col(alpha, x)
+        return (x - per_sample(sigma, x) * eps) / per_sample(alpha, x)
 
     def update(self, x: torch.Tensor, times: Sequence[torch.Tensor]) -> torch.Tensor:
         """One single-step update of order ``len(times) - 1`` along ``times = [s, (s1, (s2,)) t]``.
@@ -140,8 +137,8 @@ class DPMSolver:
         def first(idx: int, rh: torch.Tensor) -> torch.Tensor:
             # x_u = sigma_u / sigma_s x - alpha_u (e^{-r h} - 1) D_s
             return (
-                _col(sigmas[idx] / sigmas[0], x) * x
-                - _col(torch.exp(log_alphas[idx]) * torch.expm1(-rh), x) * d_s
+                per_sample(sigmas[idx] / sigmas[0], x) * x
+                - per_sample(torch.exp(log_alphas[idx]) * torch.expm1(-rh), x) * d_s
             )
 
         order = len(times) - 1
@@ -151,14 +148,14 @@ class DPMSolver:
             (r1,) = ratios
             d_s1 = self.model_output(first(1, r1 * h), times[1])
             coef = torch.exp(log_alphas[2]) * torch.expm1(-h) * (0.5 / r1)
-            return first(2, h) - _col(coef, x) * (d_s1 - d_s)
+            return first(2, h) - per_sample(coef, x) * (d_s1 - d_s)
         r1, r2 = ratios
         d_s1 = self.model_output(first(1, r1 * h), times[1])
         phi_22 = torch.expm1(-r2 * h) / (r2 * h) + 1.0
-        x_s2 = first(2, r2 * h) + _col((r2 / r1) * torch.exp(log_alphas[2]) * phi_22, x) * (d_s1 - d_s)
+        x_s2 = first(2, r2 * h) + per_sample((r2 / r1) * torch.exp(log_alphas[2]) * phi_22, x) * (d_s1 - d_s)
         d_s2 = self.model_output(x_s2, times[2])
         phi_2 = torch.expm1(-h) / h + 1.0
-        return first(3, h) + _col(torch.exp(log_alphas[3]) * phi_2 / r2, x) * (d_s2 - d_s)
+        return first(3, h) + per_sample(torch.exp(log_alphas[3]) * phi_2 / r2, x) * (d_s2 - d_s)
 
     def _update_noise(self, x, times, ratios, h, log_alphas, sigmas, e_s):
         """DPM-Solver updates (noise prediction ``eps``)."""
@@ -166,8 +163,8 @@ class DPMSolver:
         def first(idx: int, rh: torch.Tensor) -> torch.Tensor:
             # x_u = alpha_u / alpha_s x - sigma_u (e^{r h} - 1) eps_s
             return (
-                _col(torch.exp(log_alphas[idx] - log_alphas[0]), x) * x
-                - _col(sigmas[idx] * torch.expm1(rh), x) * e_s
+                per_sample(torch.exp(log_alphas[idx] - log_alphas[0]), x) * x
+                - per_sample(sigmas[idx] * torch.expm1(rh), x) * e_s
             )
 
         order = len(times) - 1
@@ -177,14 +174,14 @@ class DPMSolver:
             (r1,) = ratios
             e_s1 = self.model_output(first(1, r1 * h), times[1])
             coef = sigmas[2] * torch.expm1(h) * (0.5 / r1)
-            return first(2, h) - _col(coef, x) * (e_s1 - e_s)
+            return first(2, h) - per_sample(coef, x) * (e_s1 - e_s)
         r1, r2 = ratios
         e_s1 = self.model_output(first(1, r1 * h), times[1])
         phi_22 = torch.expm1(r2 * h) / (r2 * h) - 1.0
-        x_s2 = first(2, r2 * h) - _col((r2 / r1) * sigmas[2] * phi_22, x) * (e_s1 - e_s)
+        x_s2 = first(2, r2 * h) - per_sample((r2 / r1) * sigmas[2] * phi_22, x) * (e_s1 - e_s)
         e_s2 = self.model_output(x_s2, times[2])
         phi_2 = torch.expm1(h) / h - 1.0
-        return first(3, h) - _col(sigmas[3] * phi_2 / r2, x) * (e_s2 - e_s)
+        return first(3, h) - per_sample(sigmas[3] * phi_2 / r2, x) * (e_s2 - e_s)
 
     def _intermediate(
         self, s: torch.Tensor, t: torch.Tensor, fractions: Sequence[float]
@@ -246,8 +243,6 @@ class DPMSolver:
 
         iterator = plan
         if progress:
-            from rich.progress import track
-
             iterator = track(plan, description="DPM-Solver" + ("++" if self.predict_x0 else ""))
         for times in iterator:
             x = self.update(x, times)

@@ -16,7 +16,6 @@ records the kernels themselves, with no compilation. ``torch.cuda.make_graphed_c
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 
 import torch
@@ -106,18 +105,3 @@ def fast_model_fn(
         raise ValueError(f"cuda_graphs needs a CUDA device, but the model is on {device}")
     fn = with_precision(model_fn, precision, torch.device(device), graphs=cuda_graphs)
     return CudaGraphedModelFn(fn) if cuda_graphs else fn
-
-
-def add_fast_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--precision`` and ``--cuda-graphs`` (shared by ``dimlab sample`` and ``dimlab fid``)."""
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="network precision while sampling: fp32 (default) or bf16 autocast (faster on GPUs)",
-    )
-    parser.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="replay each network evaluation from a CUDA graph (CUDA only; fastest at small batches)",
-    )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from dimlab.diffusion import rng
+from dimlab.diffusion.broadcast import per_sample
 from dimlab.diffusion.schedules import NoiseSchedule
 
 __all__ = ["EpsModelFn", "epsilon_loss", "noise_sample"]
@@ -15,16 +16,12 @@ EpsModelFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch
 """``model_fn(x_t, t_net, y) -> eps_hat``: the backbone called with the network time and the labels."""
 
 
-def _per_sample(coeff: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return coeff.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def noise_sample(
     schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
     """``x_t = alpha_t x0 + sigma_t noise``, computed in float32 and returned in ``x0``'s dtype."""
     alpha, sigma = schedule.alpha_sigma(t.to(torch.float32))
-    x_t = _per_sample(alpha, x0) * x0.float() + _per_sample(sigma, x0) * noise.float()
+    x_t = per_sample(alpha, x0) * x0.float() + per_sample(sigma, x0) * noise.float()
     return x_t.to(x0.dtype)
 
 
@@ -41,8 +38,8 @@ def epsilon_loss(
     Time is drawn by ``schedule.sample_training_time`` and noise is standard normal in ``x0``'s dtype, both from
     ``generator`` when given. The backbone receives ``schedule.network_time(t)`` (discrete: ``n``; VP:
     ``t * 999``). ``bf16_timesteps=True`` reproduces the official ImageNet trainer, which casts ``n`` to the bf16
-    latent dtype before the network sees it (only 506 distinct values for ``n = 1..1000``; dim-reference section
-    7.7) while the noise level still uses the exact ``n``. It is off by default: we fix the mismatch.
+    latent dtype before the network sees it (only 506 distinct values for ``n = 1..1000``; docs/diffusion.md,
+    "Loss") while the noise level still uses the exact ``n``. It is off by default: we fix the mismatch.
     The caller takes the batch mean (or any weighting).
     """
     if x0.dim() < 2:

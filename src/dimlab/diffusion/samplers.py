@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from rich.progress import track
 
 from dimlab.diffusion import rng
+from dimlab.diffusion.broadcast import per_sample
 from dimlab.diffusion.dpm_solver import SKIP_TYPES, DPMSolver
 from dimlab.diffusion.schedules import DiscreteSDSchedule, NoiseSchedule
 
@@ -28,14 +30,9 @@ SAMPLERS: tuple[str, ...] = ("dpm++", "dpm", "ddpm", "euler_maruyama")
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def _maybe_track(items: list, progress: bool, description: str) -> Iterable:
     if not progress:
         return items
-    from rich.progress import track
 
     return track(items, description=description)
 
@@ -82,16 +79,16 @@ def ddpm_sample(
         vt, vs = t.reshape(1), s.reshape(1)
         abar_t, abar_s = schedule.alpha_bar(vt), schedule.alpha_bar(vs)
         eps = model_fn(x, schedule.network_time(vt).expand(x.shape[0])).to(x.dtype)
-        x0_hat = (x - _col(torch.sqrt(1.0 - abar_t), x) * eps) / _col(torch.sqrt(abar_t), x)
+        x0_hat = (x - per_sample(torch.sqrt(1.0 - abar_t), x) * eps) / per_sample(torch.sqrt(abar_t), x)
         beta = 1.0 - abar_t / abar_s
         mean = (
-            _col(torch.sqrt(abar_s) * beta / (1.0 - abar_t), x) * x0_hat
-            + _col(torch.sqrt(1.0 - beta) * (1.0 - abar_s) / (1.0 - abar_t), x) * x
+            per_sample(torch.sqrt(abar_s) * beta / (1.0 - abar_t), x) * x0_hat
+            + per_sample(torch.sqrt(1.0 - beta) * (1.0 - abar_s) / (1.0 - abar_t), x) * x
         )
         if not last:
             var = beta * (1.0 - abar_s) / (1.0 - abar_t)
             z = rng.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-            x = mean + _col(torch.sqrt(var), x) * z
+            x = mean + per_sample(torch.sqrt(var), x) * z
         else:
             x = mean
     return x
@@ -126,9 +123,9 @@ def euler_maruyama_sample(
     pairs = [(grid[k], grid[k - 1], k == 1) for k in range(steps, 0, -1)]
     for t, s, last in _maybe_track(pairs, progress, "Euler-Maruyama"):
         vt = t.reshape(1)
-        beta = _col(schedule.beta(vt), x)
+        beta = per_sample(schedule.beta(vt), x)
         eps = model_fn(x, schedule.network_time(vt).expand(x.shape[0])).to(x.dtype)
-        score = -eps / _col(schedule.marginal_std(vt), x)
+        score = -eps / per_sample(schedule.marginal_std(vt), x)
         drift = -0.5 * beta * x - beta * score
         dt = s - t
         mean = x + drift * dt

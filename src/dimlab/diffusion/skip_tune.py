@@ -1,12 +1,12 @@
 """Skip-tune: time-dependent scaling of the long-skip tensors that DiM's decoder blocks receive.
 
 The released DiM 1024/1536 configs set ``is_skip_tune=True, skip_tune_param=(0.82, 1.0)``. The intent
-(dim-reference section 6.2) is to multiply the skip arriving at the ``k``-th receiving block by a factor that ramps
+(docs/diffusion.md, "Skip-tune") is to multiply the skip arriving at the ``k``-th receiving block by a factor that ramps
 linearly from ``rho_bottom`` at the first receiving block to ``rho_top_eff`` at the last, with
 ``rho_top_eff = rho_bottom + (rho_top - rho_bottom) t`` (``= 1 + (rho_top - 1) t`` at the default
 ``rho_bottom = 1``): strongest damping at high noise, none at ``t = 0``.
 
-The released code computes ``t`` as ``ones_like(t) / 1000 = 0.001`` (section 7, item 13), so the factors span only
+The released code computes ``t`` as ``ones_like(t) / 1000 = 0.001`` (quirk Q13 of docs/backbone.md), so the factors span only
 ``1.0 .. 0.99982`` and skip-tune is effectively a no-op there. This function implements the intended ramp with the
 real continuous time; passing ``t_cont = 0.001`` everywhere reproduces the released behaviour.
 """

@@ -11,7 +11,7 @@ A model trained at resolution ``r`` samples at ``m r``. At every call with high-
   ``eps_low = model_fn(x_low, tau_net)``; and ``eps_hat = eps + w_t U(eps_low / m - D(eps))``, i.e. the ``m x m``
   block means of the high-resolution noise prediction are replaced by the low-resolution model's estimate.
 
-``tau`` bookkeeping (dim-reference section 7, item 18). The released code searches a preset SNR table built at the
+``tau`` bookkeeping (docs/diffusion.md, "Upsample guidance"). The released code searches a preset SNR table built at the
 normalised times ``(999 - j) / 1000`` (read through a float32 ``floor``, which is off by one step for 5 entries) but
 returns ``tau = 1 - j / 999``, so the network sees ``tau * 1000 = n * 1000 / 999`` for step ``n``, and it reads
 ``alpha_bar`` at ``floor(t * 1000)`` in float32. ``tau_bookkeeping="clean"`` (our default) searches steps

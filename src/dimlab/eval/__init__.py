@@ -1,1 +1,1 @@
-"""Evaluation: FID features, reference statistics and distributed generation."""
+"""Evaluation: FID features, reference statistics, distributed generation and the per-sample seed rule."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 __all__ = ["ImageFolderSource", "NpzImageSource", "open_image_source"]
 
@@ -49,8 +50,6 @@ class ImageFolderSource:
 
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         """uint8 (B, 3, H, W) images for ``indices``."""
-        from PIL import Image
-
         arrays = []
         for i in indices:
             with Image.open(self.files[i]) as img:

@@ -7,7 +7,8 @@ They are read from a local file only: an explicit path, or torch hub's cache
 other Inception weights (torchvision's ImageNet InceptionV3 gives FIDs that are not comparable) and nothing
 downloads unless asked to (``download=True``).
 
-torchmetrics and torch-fidelity are imported lazily so that ``import dimlab.eval`` works without them.
+torch-fidelity (the ``fid`` extra) is only needed when a metric is built (:func:`build_fid_metric` says so when it
+is missing), so ``import dimlab.eval`` works without it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import hashlib
 from pathlib import Path
 
 import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 __all__ = [
+    "FEATURE_DIMS",
     "WEIGHTS_FILENAME",
     "WEIGHTS_URL",
     "InceptionWeightsNotFoundError",
@@ -32,6 +35,8 @@ WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + WEIGHTS_FILENAME
 # torch.hub convention: the hex part of the file name is the start of the file's SHA-256.
 OFFICIAL_SHA256_PREFIX = "6726825d"
+#: The feature sizes torch-fidelity's InceptionV3 can be cut at (2048, the pool features, is the FID standard).
+FEATURE_DIMS = (64, 192, 768, 2048)
 
 
 class InceptionWeightsNotFoundError(FileNotFoundError):
@@ -118,10 +123,9 @@ def build_fid_metric(
     ``FeatureExtractorInceptionV3``, which then never touches the network. ``antialias=False`` keeps
     torch-fidelity's TF1-compatible bilinear resize (what the FID Inception was used with); torchmetrics' own
     default (``True``) switches to torch's antialiased resize, which changes FID for images larger than 299 px.
-    Images must be fed as uint8 (see :func:`dimlab.eval.quantize.to_uint8`).
+    Images must be fed as uint8 (see :func:`dimlab.data.transforms.to_uint8`).
     """
     _require_torch_fidelity()
-    from torchmetrics.image.fid import FrechetInceptionDistance
 
     weights = Path(weights_path)
     if not weights.is_file():

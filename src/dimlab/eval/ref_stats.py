@@ -10,15 +10,19 @@ Shards are read with webdataset directly (an image under ``png``/``jpg``/``jpeg`
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import braceexpand  # a webdataset dependency
 import numpy as np
 import torch
+import webdataset as wds
+from PIL import Image
 
 from dimlab.eval.fid import GaussianStats, stats_from_metric
+from dimlab.eval.inception import build_fid_metric, resolve_inception_weights
+from dimlab.files import atomic_write
 
 __all__ = [
     "ReferenceStats",
@@ -53,17 +57,15 @@ class ReferenceStats:
     def save(self, path: str | Path) -> Path:
         """Write the statistics as ``.npz`` (float64 ``mu``/``sigma``; -1 / "" mark unknown count/resolution)."""
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(
-            tmp,
-            mu=self.mu,
-            sigma=self.sigma,
-            count=np.int64(-1 if self.count is None else self.count),
-            resolution=np.int64(-1 if self.resolution is None else self.resolution),
-            source=np.str_(self.source),
-        )
-        os.replace(tmp, out)  # no half-written cache file if interrupted
+        with atomic_write(out, "wb") as fh:  # no half-written cache file if interrupted
+            np.savez(
+                fh,
+                mu=self.mu,
+                sigma=self.sigma,
+                count=np.int64(-1 if self.count is None else self.count),
+                resolution=np.int64(-1 if self.resolution is None else self.resolution),
+                source=np.str_(self.source),
+            )
         return out
 
 
@@ -112,8 +114,6 @@ def expand_shards(spec: str | Path | Iterable[str | Path]) -> list[str]:
         elif any(c in text for c in "*?["):
             urls = sorted(glob.glob(text))
         else:
-            import braceexpand  # a webdataset dependency
-
             urls = list(braceexpand.braceexpand(text))
     if not urls:
         raise FileNotFoundError(
@@ -131,8 +131,6 @@ def center_crop_resize(image, resolution: int):
     This is how guided-diffusion built the ImageNet reference batches U-ViT's statistics derive from, so
     statistics computed from raw ImageNet JPEGs with it are comparable.
     """
-    from PIL import Image
-
     image = image.convert("RGB")
     while min(image.size) >= 2 * resolution:
         image = image.resize(tuple(s // 2 for s in image.size), resample=Image.BOX)
@@ -186,8 +184,6 @@ def iter_shard_images(
     With ``resolution`` each image is centre-cropped and resized ADM-style (:func:`center_crop_resize`);
     without it all images must already share one size.
     """
-    import webdataset as wds
-
     urls = expand_shards(shards)
     dataset = (
         wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)
@@ -219,8 +215,6 @@ def compute_reference_stats(
     ``resolution`` is recorded (and checked against the images when given).
     """
     if metric is None:
-        from dimlab.eval.inception import build_fid_metric, resolve_inception_weights
-
         metric = build_fid_metric(resolve_inception_weights(inception_weights), device=device)
     metric.reset()
     metric.real_features_sum.zero_()

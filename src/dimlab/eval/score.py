@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from rich.progress import Progress
 
+from dimlab.data.transforms import to_uint8
 from dimlab.eval.fid import GaussianStats, frechet_distance, stats_from_metric
-from dimlab.eval.quantize import to_uint8
+from dimlab.eval.inception import build_fid_metric, resolve_inception_weights
 from dimlab.eval.ref_stats import ReferenceStats
 from dimlab.eval.split import rank_slice, sample_seeds
 
@@ -26,7 +29,7 @@ __all__ = ["FIDResult", "SampleFn", "generate_and_score", "score_images"]
 
 SampleFn = Callable[[torch.Tensor, torch.Tensor | None, list[int]], torch.Tensor]
 """``sample_fn(indices, labels, seeds) -> images in [-1, 1]`` (B, C, H, W); sample i must depend only on
-``labels[i]`` and ``seeds[i]`` (e.g. ``dimlab.lit.sampling.per_sample_noise``) for world-size-independent runs."""
+``labels[i]`` and ``seeds[i]`` (e.g. ``dimlab.sampling.sampler.per_sample_noise``) for world-size-independent runs."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,6 @@ class FIDResult:
 def _check_world(rank: int, world_size: int) -> None:
     if world_size == 1:
         return
-    import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
@@ -60,7 +62,6 @@ def _metric_or_build(metric, inception_weights, device):
     """The metric to use; resolving the weights here makes a missing file fail before any sampling."""
     if metric is not None:
         return metric
-    from dimlab.eval.inception import build_fid_metric, resolve_inception_weights
 
     return build_fid_metric(resolve_inception_weights(inception_weights), device=device)
 
@@ -89,8 +90,6 @@ def _finish(metric, ref: ReferenceStats, expected: int, start: float) -> FIDResu
 
 
 def _progress(enabled: bool, total: int, description: str):
-    from rich.progress import Progress
-
     progress = Progress(disable=not enabled, transient=False)
     return progress, progress.add_task(description, total=total)
 

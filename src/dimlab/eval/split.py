@@ -4,7 +4,7 @@ Three things make a run reproducible on one GPU or eight:
 
 * :func:`rank_slice` gives each rank a disjoint, contiguous, balanced slice of the global sample indices;
 * :func:`sample_seeds` derives one seed per *global* index from ``base_seed`` (the sampler draws each sample's
-  noise from its own seed, see ``dimlab.lit.sampling.per_sample_noise``);
+  noise from its own seed, see ``dimlab.sampling.sampler.per_sample_noise``);
 * :func:`official_labels` draws all N class labels at once from ``seed``; each rank indexes into that tensor.
 
 The official DiM/U-ViT evaluation seeds each device separately (``seed + rank``-style), so its images change with

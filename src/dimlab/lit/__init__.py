@@ -1,1 +1,1 @@
-"""The LightningModule and its callbacks (EMA, FID, sample grids, config saving)."""
+"""The LightningModule and its callbacks (EMA with its FSDP plumbing, FID, sample grids, faults, W&B config)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -13,12 +12,9 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+from dimlab.eval.split import sample_seeds
+from dimlab.files import atomic_write
+from dimlab.sampling.images import save_grid, to_uint8_hwc
 
 
 class RunSummary(L.Callback):
@@ -64,13 +60,15 @@ class RunSummary(L.Callback):
                 if torch.is_tensor(v) and v.numel() == 1
             },
         }
-        _write_json_atomic(Path(trainer.default_root_dir) / "summary.json", summary)
+        with atomic_write(Path(trainer.default_root_dir) / "summary.json", "w") as fh:
+            fh.write(json.dumps(summary, indent=2, sort_keys=True))
 
 
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA weights and log it.
 
-    One row per class (the first ``max_classes``), ``per_class`` columns, fixed seeds so grids are comparable
+    One row per class (the first ``max_classes``), ``per_class`` columns, fixed seeds (the rule of ``dimlab fid``,
+    :func:`dimlab.eval.split.sample_seeds`) so grids are comparable
     across steps. The PNG goes to ``<default_root_dir>/samples/step_XXXXXXX.png`` and, with a W&B logger, to
     ``samples/grid`` as an image.
     """
@@ -103,10 +101,8 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def log_grid(self, trainer, pl_module) -> Path:
-        from dimlab.lit.sample_cli import save_grid, to_uint8_hwc
-
         labels = pl_module.grid_labels(self.per_class, self.max_classes)
-        seeds = [self.seed + i for i in range(len(labels))]
+        seeds = sample_seeds(self.seed, range(len(labels)))
         was_training = pl_module.training
         images = pl_module.sampler(use_ema=True).sample(
             labels, seeds, cfg_scale=self.cfg_scale, sampler=self.sampler, steps=self.steps

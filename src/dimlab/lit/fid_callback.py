@@ -18,11 +18,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from dimlab.diffusion.dpm_solver import fast_orders
 from dimlab.diffusion.samplers import SAMPLERS
+from dimlab.eval.inception import FEATURE_DIMS, build_fid_metric, resolve_inception_weights
+from dimlab.eval.ref_stats import load_reference_stats
+from dimlab.eval.score import generate_and_score
+from dimlab.eval.split import official_labels
 
 __all__ = ["FIDCallback", "fid_metric_key"]
-
-# Feature sizes torch-fidelity's InceptionV3 can be cut at (2048 is the FID standard).
-_FEATURE_SIZES = (64, 192, 768, 2048)
 
 
 def _count_tag(num_samples: int) -> str:
@@ -131,16 +132,14 @@ class FIDCallback(L.Callback):
         """Load the reference statistics and the Inception network now, so that problems surface before training."""
         if stage != "fit" or self._metric is not None:
             return
-        from dimlab.eval.inception import build_fid_metric, resolve_inception_weights
-        from dimlab.eval.ref_stats import load_reference_stats
 
         weights = resolve_inception_weights(self.inception_weights)
         ref = load_reference_stats(self.ref_stats_path)
         feature = int(ref.mu.shape[0])
-        if feature not in _FEATURE_SIZES:
+        if feature not in FEATURE_DIMS:
             raise ValueError(
                 f"{self.ref_stats_path}: {feature}-d reference features, but the Inception features are one of "
-                f"{_FEATURE_SIZES} (2048 for standard FID)"
+                f"{FEATURE_DIMS} (2048 for standard FID)"
             )
         num_classes = int(getattr(pl_module, "num_classes", 0) or 0)
         if self.class_counts is not None and len(self.class_counts) != num_classes:
@@ -161,9 +160,6 @@ class FIDCallback(L.Callback):
     @torch.no_grad()
     def evaluate(self, trainer, pl_module) -> float:
         """Sample, score and log now (every rank must call this); returns the FID over all ranks' images."""
-        from dimlab.eval.score import generate_and_score
-        from dimlab.eval.split import official_labels
-
         if self._metric is None:
             raise RuntimeError(
                 "FIDCallback.evaluate called before setup (is the callback attached to the Trainer?)"

@@ -10,69 +10,38 @@ import lightning as L
 import torch
 from torch import nn
 
+from dimlab.data.vae import SD_LATENT_SCALE, encode_moments, load_vae, sample_from_moments
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.diffusion.schedules import build_schedule
-from dimlab.lit.ema import EMA
-from dimlab.lit.sampling import Sampler
+from dimlab.lit.ema import EMA, exclude_from_fsdp, fsdp_root, restore_ema_state, store_ema_state, update_ema
+from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
 from dimlab.models.spec import backbone_spec
+from dimlab.models.weight_decay import no_weight_decay_names
+from dimlab.sampling.sampler import Sampler
+from dimlab.sampling.spec import CHECKPOINT_KEY as DIFFUSION_SPEC_KEY
+from dimlab.sampling.spec import DiffusionSpec
 
 log = logging.getLogger("dimlab")
 
-_NO_DECAY_HINTS = ("embed", "pad_token", "pos", "A_log", "scale_shift_table", "norm")
+# Where the EMA's weights sit in the module's state dict (the attribute ``ema``, an EMA wrapping ``module``).
+_EMA_PREFIX = "ema.module."
 
 
 def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
     """Names of parameters that the "standard" weight-decay mode leaves undecayed.
 
-    Norm weights, embeddings, position embeddings, pad tokens, biases, Mamba's A_log and D. A backbone can
-    state its own list through ``no_weight_decay_names()``.
+    The backbone's own ``no_weight_decay_names()`` (DiM, U-ViT); for any other module the shared rule of
+    :mod:`dimlab.models.weight_decay` with embedding tables exempt: biases and other 1-D parameters (norm
+    weights), mamba-ssm's marked ``A_log`` / ``D`` and embeddings.
     """
     own = getattr(backbone, "no_weight_decay_names", None)
     if callable(own):
         return set(own())
-    names = set()
-    for name, p in backbone.named_parameters():
-        if p.ndim <= 1 or any(h in name for h in _NO_DECAY_HINTS):
-            names.add(name)
-    return names
-
-
-# Name parts that FSDP and activation-checkpoint wrappers insert into parameter names.
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
-
-
-class _UnwrappedTensors:
-    """A backbone's tensors under their plain names (wrapper prefixes removed), shaped like a module for
-    :meth:`EMA.update`, which only reads ``state_dict()``. Used under FSDP inside ``summon_full_params``, where the
-    parameters are whole but ``state_dict()`` would go through FSDP's own hooks."""
-
-    def __init__(self, module: nn.Module, names):
-        tensors = {}
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            for prefix in _WRAPPER_PREFIXES:
-                name = name.replace(prefix, "")
-            tensors[name] = tensor
-        missing = [n for n in names if n not in tensors]
-        if missing:
-            raise RuntimeError(f"EMA update under FSDP: backbone tensors not found: {missing[:5]}")
-        self._tensors = {n: tensors[n] for n in names}
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._tensors
-
-
-def _fsdp_root(trainer) -> nn.Module | None:
-    """The FSDP-wrapped root module when training under Lightning's FSDPStrategy, else None."""
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    model = getattr(getattr(trainer, "strategy", None), "model", None)
-    return model if isinstance(model, FullyShardedDataParallel) else None
+    return no_weight_decay_names(backbone, module_types=(nn.Embedding,))
 
 
 def load_initial_weights(backbone: nn.Module, path: str, ema: bool = True):
     """Copy weights from a checkpoint into ``backbone``, adapting the position table; log what changed."""
-    from dimlab.models.convert import load_weights_adapting, read_backbone_file
-
     spec, weights = read_backbone_file(path, map_location="cpu", ema=ema)
     theirs, ours = spec["class_path"], backbone_spec(backbone)["class_path"]
     if theirs != ours:
@@ -100,7 +69,8 @@ class DiffusionModule(L.LightningModule):
     hyper-parameters, linear warmup then constant LR, the EMA of the backbone, the optional frozen VAE for latent
     space, sampling for callbacks, and step-wise logging. Gradient clipping, precision and accumulation are the
     Trainer's (``gradient_clip_val``, ``precision: bf16-mixed``, ``accumulate_grad_batches``); LR warmup and EMA
-    advance once per optimizer step, so accumulation is handled correctly (unlike the official code, spec §7.11).
+    advance once per optimizer step, so accumulation is handled correctly (unlike the official code:
+    docs/diffusion.md, "Training").
 
     Args:
         backbone: the network, e.g. ``dimlab.models.dim.DiM`` or ``dimlab.models.uvit.UViT`` (``class_path`` in YAML).
@@ -139,7 +109,7 @@ class DiffusionModule(L.LightningModule):
         warmup_steps: int = 5000,
         ema_decay: float = 0.9999,
         vae_path: str | None = None,
-        latent_scale: float = 0.18215,
+        latent_scale: float = SD_LATENT_SCALE,
         latent_shape: tuple[int, int, int] | None = None,
         compile: bool = False,
         bf16_timesteps: bool = False,
@@ -158,15 +128,24 @@ class DiffusionModule(L.LightningModule):
         self.ema = EMA(backbone, ema_decay)
         self.schedule = build_schedule(schedule)
         args = backbone_spec(backbone)["init_args"]
-        self.num_classes = int(args.get("num_classes") or 0)
-        if class_conditional and self.num_classes <= 0:
+        num_classes = int(args.get("num_classes") or 0)
+        if class_conditional and num_classes <= 0:
             raise ValueError("model.class_conditional=true needs a backbone with num_classes > 0")
-        if latent_shape:
-            self.latent_shape = tuple(latent_shape)
-        else:
+        if not latent_shape:
             size = args["input_size"]
             hw = (size, size) if isinstance(size, int) else tuple(size)
-            self.latent_shape = (int(args["in_channels"]), *hw)
+            latent_shape = (int(args["in_channels"]), *hw)
+        #: What the checkpoints record about sampling this model (see dimlab.sampling.spec).
+        self.spec = DiffusionSpec(
+            schedule=schedule,
+            latent_shape=tuple(latent_shape),
+            num_classes=num_classes,
+            class_conditional=class_conditional,
+            vae_path=vae_path,
+            latent_space=vae_path is not None,
+            latent_scale=latent_scale,
+        )
+        self.latent_shape, self.num_classes = self.spec.latent_shape, self.spec.num_classes
         self._vae = None
         self._forward = backbone
         self._step_t0: float | None = None
@@ -176,36 +155,26 @@ class DiffusionModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------------- set-up
     @property
     def latent_space(self) -> bool:
-        return self.hparams.vae_path is not None
+        """Whether the backbone denoises VAE latents (``vae_path`` set) rather than pixels."""
+        return self.spec.latent_space
 
     @property
     def null_class(self) -> int:
-        return self.num_classes
+        """The unconditional class id."""
+        return self.spec.null_class
 
     def configure_model(self) -> None:
+        """Compile the forward when asked, and keep the EMA out of FSDP's sharding."""
         if self.hparams.compile and self._forward is self.backbone:
             self._forward = torch.compile(self.backbone)
-        from lightning.pytorch.strategies import FSDPStrategy
-
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, FSDPStrategy):
-            # The EMA stays whole on every rank (FSDP ignores it): it is updated from the gathered backbone in
-            # optimizer_step, and sharding it would put its tensors in FSDP's flat buffers under other names.
-            if not strategy.kwargs.get("use_orig_params", True):
-                raise ValueError(
-                    "FSDPStrategy(use_orig_params=False) is not supported: the EMA needs the original parameters"
-                )
-            ignored = strategy.kwargs.setdefault("ignored_modules", [])
-            if not any(m is self.ema for m in ignored):
-                ignored.append(self.ema)
+        exclude_from_fsdp(strategy, self.ema)
 
     def setup(self, stage: str) -> None:
         if self.latent_space and self._vae is None:
             self._vae = self._load_vae()
 
     def _load_vae(self):
-        from dimlab.data.vae import load_vae
-
         return load_vae(self.hparams.vae_path, device=self.device)
 
     @property
@@ -230,8 +199,6 @@ class DiffusionModule(L.LightningModule):
         """
         if not self.latent_space:
             return x
-        from dimlab.data.vae import encode_moments, sample_from_moments
-
         latent_c = self.latent_shape[0]
         if x.shape[1] == 2 * latent_c:
             moments = x
@@ -270,9 +237,10 @@ class DiffusionModule(L.LightningModule):
             return
         c, h, w = self.latent_shape
         if self.latent_space:
+            f = self.spec.vae_factor
             expected = (
-                f"images of {8 * h}x{8 * w} pixels (the VAE downsamples by 8, so data.resolution must be a "
-                f"multiple of 8) or VAE moments of shape ({2 * c}, {h}, {w})"
+                f"images of {f * h}x{f * w} pixels (the VAE downsamples by {f}, so data.resolution must be a "
+                f"multiple of {f}) or VAE moments of shape ({2 * c}, {h}, {w})"
             )
         else:
             expected = f"pixel batches of shape ({c}, {h}, {w})"
@@ -351,11 +319,11 @@ class DiffusionModule(L.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     def on_fit_start(self) -> None:
-        if _fsdp_root(self._trainer) is not None:
+        if fsdp_root(self._trainer) is not None:
             self.ema.to(self.trainer.strategy.root_device)  # FSDP moves only what it manages
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        root = _fsdp_root(self._trainer)
+        root = fsdp_root(self._trainer)
         if root is not None and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
             root.clip_grad_norm_(
                 gradient_clip_val
@@ -364,18 +332,12 @@ class DiffusionModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_step(self, *args, **kwargs):
+        """The optimizer step, then one EMA step (none when NonFiniteGuard dropped this step's gradients)."""
         super().optimizer_step(*args, **kwargs)
         if self.optimizer_step_skipped:
             self.optimizer_step_skipped = False
             return
-        root = _fsdp_root(self._trainer)
-        if root is None:
-            self.ema.update(self.backbone)
-            return
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with FullyShardedDataParallel.summon_full_params(root, writeback=False):
-            self.ema.update(_UnwrappedTensors(self.backbone, self.ema.module.state_dict().keys()))
+        update_ema(self.ema, self.backbone, self._trainer)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -408,59 +370,19 @@ class DiffusionModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint["state_dict"]
-        ema_prefix = "ema.module."
-        ema_keys = [k for k in state if k.startswith(ema_prefix)]
-        if ema_keys:
-            checkpoint["ema_backbone"] = {k[len(ema_prefix) :]: state[k] for k in ema_keys}
-        elif state:  # a state dict without the EMA (FSDP leaving out the module it ignores): it is whole here
-            checkpoint["ema_backbone"] = {
-                k: v.detach().cpu() for k, v in self.ema.module.state_dict().items()
-            }
-        else:  # FSDP gathers the state on rank 0 only; this rank writes nothing
-            checkpoint["ema_backbone"] = {}
-        # FSDP loads the module state from the file strictly, before on_load_checkpoint could put the EMA back,
-        # so its checkpoints keep the EMA keys; the tensors are shared with ema_backbone and stored once.
-        if _fsdp_root(self._trainer) is None:
-            for k in ema_keys:
-                del state[k]
+        """Add what rebuilds the backbone and samples from it: EMA weights, backbone spec, DiffusionSpec."""
+        store_ema_state(checkpoint, self.ema, _EMA_PREFIX, self._trainer)
         checkpoint["dimlab_backbone"] = backbone_spec(self.backbone)
-        checkpoint["dimlab_diffusion"] = {
-            "schedule": self.hparams.schedule,
-            "latent_space": self.latent_space,
-            "vae_path": self.hparams.vae_path,
-            "latent_scale": self.hparams.latent_scale,
-            "latent_shape": list(self.latent_shape),
-            "num_classes": self.num_classes,
-            "class_conditional": self.hparams.class_conditional,
-        }
+        checkpoint[DIFFUSION_SPEC_KEY] = self.spec.to_checkpoint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        ema = checkpoint.get("ema_backbone")
-        if not ema:
-            return
-        state = checkpoint.get("state_dict")
-        if (
-            state is None
-        ):  # FSDP has already loaded (and removed) the module state; the EMA lives outside FSDP
-            self.ema.module.load_state_dict(ema)
-            return
-        for k, v in ema.items():
-            state.setdefault("ema.module." + k, v)
+        """Put the EMA weights back where Lightning loads the module state from."""
+        restore_ema_state(checkpoint, self.ema, _EMA_PREFIX)
 
     # ---------------------------------------------------------------------------------------------- sampling
     def sampler(self, use_ema: bool = True) -> Sampler:
         """A :class:`Sampler` over the EMA (default) or raw backbone, sharing this module's VAE."""
-        net = self.ema.module if use_ema else self.backbone
-        return Sampler(
-            backbone=net,
-            schedule_name=self.hparams.schedule,
-            latent_shape=self.latent_shape,
-            num_classes=self.num_classes,
-            class_conditional=self.hparams.class_conditional,
-            vae=self.vae,
-            latent_scale=self.hparams.latent_scale,
-        )
+        return Sampler(self.ema.module if use_ema else self.backbone, self.spec, self.vae)
 
     def grid_labels(self, per_class: int, max_classes: int = 10) -> list[int]:
         """Labels for a sample grid: one row per class (the first ``max_classes``), ``per_class`` columns."""

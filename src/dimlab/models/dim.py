@@ -1,6 +1,6 @@
 """DiM (Diffusion Mamba, arXiv 2405.14224) backbone: faithful to the released code, with switchable components.
 
-The forward pass follows dim-reference.md section 1.2 step by step; the four paper components (multi-scan, long
+The forward pass follows the released code step by step (docs/backbone.md, "Forward pass"); the four paper components (multi-scan, long
 skips, padding tokens, local feature enhancement) are independent constructor switches, and a switch that is off
 removes its parameters. docs/backbone.md lists the deviations from the official code.
 """
@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from diffusers.models.embeddings import TimestepEmbedding
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dimlab.models.layers import RMSNorm, modulate, resize_pos_embed, timestep_sinusoid, to_pair
 from dimlab.models.mamba import Mamba
-from dimlab.models.norm import RMSNorm, modulate
 from dimlab.models.scan_order import (
     PAD_FILLS,
     GridIndexPlan,
@@ -28,6 +28,7 @@ from dimlab.models.scan_order import (
     skip_pairs,
 )
 from dimlab.models.spec import record_init_args
+from dimlab.models.weight_decay import no_weight_decay_names
 
 #: Width of the sinusoid fed to the adaLN-single timestep MLP (diffusers ``Timesteps(256, flip_sin_to_cos=True)``).
 ADALN_SINUSOID_DIM = 256
@@ -36,47 +37,13 @@ NUM_COND_TOKENS = 2
 SKIP_FUSIONS = ("auto", "concat", "sum")
 
 
-def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[cos, sin]`` sinusoid of ``t`` with frequencies ``10000^(-i/(dim/2))``, in fp32 (the reference's both)."""
-    return get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-
-
-def resize_pos_embed(
-    pos_embed: torch.Tensor,
-    src_grid: tuple[int, int],
-    dst_grid: tuple[int, int],
-    num_extra: int = NUM_COND_TOKENS,
-) -> torch.Tensor:
-    """Resize a (1, num_extra + Hs*Ws, D) position table to ``dst_grid`` (section 6.1 / ``pos_embed_inteplot``).
-
-    The image part is resized with bilinear ``F.interpolate(align_corners=False)``; the extra-token rows are
-    copied unchanged. Computed in fp32 and returned in the input dtype.
-    """
-    src_h, src_w = src_grid
-    if pos_embed.shape[1] != num_extra + src_h * src_w:
-        raise ValueError(
-            f"pos_embed has {pos_embed.shape[1]} rows, expected {num_extra} + {src_h}x{src_w} = "
-            f"{num_extra + src_h * src_w} for grid {src_grid}"
-        )
-    if tuple(src_grid) == tuple(dst_grid):
-        return pos_embed
-    extra, grid = pos_embed[:, :num_extra], pos_embed[:, num_extra:]
-    grid = rearrange(grid.float(), "b (h w) d -> b d h w", h=src_h, w=src_w)
-    grid = F.interpolate(grid, size=tuple(dst_grid), mode="bilinear", align_corners=False)
-    grid = rearrange(grid, "b d h w -> b (h w) d").to(pos_embed.dtype)
-    return torch.cat([extra, grid], dim=1)
-
-
-def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) for s in size):
-        return int(size[0]), int(size[1])
-    raise ValueError(f"{name} must be an int or a pair (H, W) of ints, got {size!r}")
+def _keeps_init(param: nn.Parameter) -> bool:
+    """Whether a parameter is marked to keep its own initialisation (mamba-ssm's ``_no_reinit``: ``dt_proj.bias``)."""
+    return bool(getattr(param, "_no_reinit", False))
 
 
 class AdaLNSingle(nn.Module):
-    """PixArt-style adaLN-single: one (B, 3D) modulation vector shared by every block (section 1.2 step 3).
+    """PixArt-style adaLN-single: one (B, 3D) modulation vector shared by every block (forward step 3).
 
     ``e = TimestepEmbedding(sinusoid_256(t)) + class_table(y)``; output ``Linear(D -> 3D)(SiLU(e))``. The class
     table has ``num_classes + 1`` rows (the last is the null class) and no internal label dropout.
@@ -98,7 +65,7 @@ class AdaLNSingle(nn.Module):
 class SkipFusion(nn.Module):
     """U-ViT long-skip fusion: ``Linear(2D -> D)(concat[h, skip])`` or ``Linear_a(h) + Linear_b(skip)``.
 
-    The official code picks concat for D <= 512 and the two-linear sum above (section 1.2 step 7a).
+    The official code picks concat for D <= 512 and the two-linear sum above (forward step 8).
     """
 
     def __init__(self, hidden_size: int, mode: str) -> None:
@@ -216,7 +183,7 @@ class DiM(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        height, width = _pair(input_size, "input_size")
+        height, width = to_pair(input_size, "input_size")
         if patch_size < 1 or height % patch_size or width % patch_size:
             raise ValueError(
                 f"input_size {height}x{width} must be a multiple of patch_size {patch_size} in both dimensions"
@@ -288,7 +255,7 @@ class DiM(nn.Module):
 
     # ------------------------------------------------------------------------------------------ construction
     def _init_weights(self) -> None:
-        """Initialisation of the released model (dim-reference.md 1.5; verified numerically there).
+        """Initialisation of the released model (docs/backbone.md, "Initialisation").
 
         Linear biases are zeroed except Mamba's ``dt_proj.bias``; embedding tables ~ N(0, 0.02); each mixer's
         ``out_proj.weight`` is re-drawn kaiming-uniform(a=sqrt 5) and divided by sqrt(depth); the timestep MLP
@@ -296,8 +263,8 @@ class DiM(nn.Module):
         (pos-embed 0, pad/separator tokens 0.02*randn, scale_shift_table randn/sqrt D, norms 1). There is no
         zero-init anywhere (not adaLN-Zero).
         """
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and module.bias is not None and not name.endswith("dt_proj"):
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None and not _keeps_init(module.bias):
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
@@ -320,14 +287,9 @@ class DiM(nn.Module):
         Norm weights, embedding tables, the position table, pad/separator tokens, biases and Mamba's ``A_log``
         and ``D``. (The official recipes decay everything; the lead's optimizer decides.)
         """
-        names = {"pos_embed", "separator_tokens", "line_pad_tokens"}
-        for mod_name, module in self.named_modules():
-            if isinstance(module, (RMSNorm, nn.Embedding)):
-                names.update(f"{mod_name}.{p}" for p, _ in module.named_parameters(recurse=False))
-        for name, _ in self.named_parameters():
-            if name.endswith((".bias", ".A_log", ".D")):
-                names.add(name)
-        return names & {name for name, _ in self.named_parameters()}
+        return no_weight_decay_names(
+            self, module_types=(nn.Embedding,), names=("pos_embed", "separator_tokens", "line_pad_tokens")
+        )
 
     # ------------------------------------------------------------------------------------------ grid caches
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
@@ -366,13 +328,13 @@ class DiM(nn.Module):
         if tuple(grid) == self.grid_size:
             return self.pos_embed
         if torch.is_grad_enabled() and self.pos_embed.requires_grad:
-            return resize_pos_embed(self.pos_embed, self.grid_size, grid)
+            return resize_pos_embed(self.pos_embed, self.grid_size, grid, NUM_COND_TOKENS)
         p = self.pos_embed
         key = (grid, p.device, p.dtype, p._version)
         cached = self._pos_cache.get(key)
         if cached is None:
             self._pos_cache = {k: v for k, v in self._pos_cache.items() if k[1:] == key[1:]}
-            cached = resize_pos_embed(p.detach(), self.grid_size, grid)
+            cached = resize_pos_embed(p.detach(), self.grid_size, grid, NUM_COND_TOKENS)
             self._pos_cache[key] = cached
         return cached
 

@@ -1,8 +1,8 @@
 """The Mamba (v1, "simple") mixer with mamba-ssm's parameters, plus selective-scan backend dispatch.
 
-Parameter names, shapes and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba`` (the mixer
-DiM uses, reference §1.2 step 7f and §1.5), so state dicts move between the two unchanged. What differs
-is how the scan runs: ``scan_backend`` picks dimlab's Triton kernels (:mod:`dimlab.kernels`, fused like
+Parameter names, shapes and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba`` (the mixer DiM
+uses; docs/backbone.md "Forward pass" and "Initialisation"), so state dicts move between the two unchanged. What
+differs is how the scan runs: ``scan_backend`` picks dimlab's Triton kernels (:mod:`dimlab.kernels`, fused like
 mamba-ssm's path), mamba-ssm's fused CUDA path or the pure-PyTorch scan of :mod:`dimlab.models.scan`, and can
 be changed after construction (:func:`set_scan_backend`). Importing this module imports neither Triton nor
 mamba-ssm: each path imports its kernels on first use.

@@ -3,7 +3,7 @@
 Everything here returns plain ``torch.long`` index tensors or Python lists and holds no parameters, so it can be
 tested in isolation and precomputed once per grid (see ``dimlab.models.dim.DiM``).
 
-Conventions (dim-reference.md section 1.2-6c and 1.3):
+Conventions (docs/backbone.md, "Forward pass" step 6 and "Scan orders and schedule"):
 
 * The *padded grid* has ``height + pad`` rows and ``width + pad`` columns. Image token ``(i, j)`` sits at row
   ``i``, column ``j``; the last ``pad`` columns and the last ``pad`` rows hold pad tokens. Its *canonical*
@@ -111,7 +111,7 @@ class PaddedGrid:
         """(padded_height, padded_width) map: image index ``0..H*W-1``, and ``k - pad`` for pad vector ``p_k``.
 
         Pads are written as negative indices into the list of pad vectors (``-3, -2, -1`` = ``p_0, p_1, p_2``
-        for ``pad = 3``), the notation of dim-reference.md ("rho_pad 32x32 bottom rows start -3, -1, -2").
+        for ``pad = 3``): the 32x32 rho_pad grid's bottom rows start ``-3, -1, -2`` (docs/backbone.md).
         Meant for inspection and tests.
         """
         out = torch.empty(self.num_tokens, dtype=torch.long)
@@ -170,7 +170,7 @@ def mid_block(depth: int) -> int:
 
 
 def block_schedule(depth: int, num_patterns: int = 4) -> list[str]:
-    """Scan pattern of every block (dim-reference.md 1.3), cycling through the first ``num_patterns`` patterns.
+    """Scan pattern of every block (docs/backbone.md, "Scan orders and schedule"), cycling through the first ``num_patterns`` patterns.
 
     Block 0 is row-forward; encoder block ``b < M`` uses pattern ``b mod K``; decoder block ``M + j`` uses the
     pattern of encoder block ``M - 2 - j``. That mirror makes every skip tensor arrive in the receiving block's
@@ -195,7 +195,7 @@ def skip_pairs(depth: int) -> list[tuple[int, int]]:
 
 
 def schedule_string(schedule: list[str]) -> str:
-    """Compact ``"0 rf 1 rb ..."`` rendering of a schedule, as written in dim-reference.md 1.3."""
+    """Compact ``"0 rf 1 rb ..."`` rendering of a schedule, as written in docs/backbone.md."""
     return " ".join(f"{b} {PATTERN_ABBREVIATIONS[p]}" for b, p in enumerate(schedule))
 
 

@@ -12,66 +12,18 @@ released state dicts load with ``load_state_dict`` (the label table of ``num_cla
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dimlab.models.layers import resize_pos_embed, timestep_sinusoid, to_pair
+from dimlab.models.presets import UVIT_PRESETS  # noqa: F401 - moved to the presets table; importable here for one release
 from dimlab.models.spec import record_init_args
+from dimlab.models.weight_decay import no_weight_decay_names
 
-__all__ = [
-    "UVIT_PRESETS",
-    "UViT",
-    "UViTBlock",
-    "build_uvit",
-    "resize_pos_embed",
-    "timestep_sinusoid",
-]
-
-
-def timestep_sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding ``[cos(t f_i), sin(t f_i)]`` with ``f_i = max_period^(-i / (dim // 2))``.
-
-    This is U-ViT's (and DiM's) time-token sinusoid. It is written out here rather than taken from diffusers'
-    ``get_timestep_embedding`` because that helper is the same maths but pulls the whole diffusers model package
-    into the import of every backbone. ``t`` is a 1-D float tensor; the result is float32 of shape ``(len(t), dim)``.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None, :]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
-
-
-def resize_pos_embed(
-    pos_embed: torch.Tensor, num_extra_tokens: int, old_grid: tuple[int, int], new_grid: tuple[int, int]
-) -> torch.Tensor:
-    """Resize a ``(1, extras + Hp*Wp, D)`` positional table to another patch grid.
-
-    The extra-token rows are kept unchanged; the image rows are resized with bilinear interpolation
-    (``align_corners=False``), as DiM does for its 256 -> 512 fine-tune. Used at run time for other input sizes and
-    usable on checkpoints.
-    """
-    if tuple(old_grid) == tuple(new_grid):
-        return pos_embed
-    old_h, old_w = old_grid
-    expected = num_extra_tokens + old_h * old_w
-    if pos_embed.shape[1] != expected:
-        raise ValueError(
-            f"pos_embed has {pos_embed.shape[1]} rows, expected {num_extra_tokens} extra + {old_h}x{old_w} grid = "
-            f"{expected}"
-        )
-    extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
-    grid = rearrange(grid, "b (h w) d -> b d h w", h=old_h, w=old_w)
-    grid = F.interpolate(grid.float(), size=tuple(new_grid), mode="bilinear", align_corners=False)
-    grid = rearrange(grid, "b d h w -> b (h w) d").to(pos_embed.dtype)
-    return torch.cat([extra, grid], dim=1)
+__all__ = ["UVIT_PRESETS", "UViT", "UViTBlock"]
 
 
 class Attention(nn.Module):
@@ -139,14 +91,6 @@ class PatchEmbed(nn.Module):
         return rearrange(self.proj(x), "b d h w -> b (h w) d")
 
 
-def _pair(size: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) for s in size):
-        return int(size[0]), int(size[1])
-    raise ValueError(f"{name} must be an int or a pair of ints (H, W), got {size!r}")
-
-
 class UViT(nn.Module):
     """U-ViT noise-prediction backbone: ``forward(x, t, y=None) -> eps`` with the same signature as DiM.
 
@@ -191,7 +135,7 @@ class UViT(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        height, width = _pair(input_size, "input_size")
+        height, width = to_pair(input_size, "input_size")
         if patch_size < 1 or height % patch_size or width % patch_size:
             raise ValueError(
                 f"input_size {height}x{width} must be a multiple of patch_size {patch_size} (a positive int)"
@@ -256,13 +200,7 @@ class UViT(nn.Module):
 
     def no_weight_decay_names(self) -> set[str]:
         """Names of parameters usually excluded from weight decay: the pos-embed, LayerNorm params and biases."""
-        names = {"pos_embed"}
-        for module_name, module in self.named_modules():
-            prefix = f"{module_name}." if module_name else ""
-            for param_name, _ in module.named_parameters(recurse=False):
-                if isinstance(module, nn.LayerNorm) or param_name == "bias":
-                    names.add(prefix + param_name)
-        return names
+        return no_weight_decay_names(self, names=("pos_embed",))
 
     def _check_input(self, x: torch.Tensor) -> tuple[int, int]:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -315,7 +253,7 @@ class UViT(nn.Module):
             # U-ViT's order: [class, time, patches].
             extra.insert(0, self._class_tokens(y, batch, x.device))
         h = torch.cat([e.unsqueeze(1).to(tokens.dtype) for e in extra] + [tokens], dim=1)
-        h = h + resize_pos_embed(self.pos_embed, self.num_extra_tokens, self.grid_size, (grid_h, grid_w))
+        h = h + resize_pos_embed(self.pos_embed, self.grid_size, (grid_h, grid_w), self.num_extra_tokens)
 
         skips = []
         for block in self.in_blocks:
@@ -329,41 +267,3 @@ class UViT(nn.Module):
         p = self.patch_size
         out = rearrange(h, "b (h w) (p1 p2 c) -> b c (h p1) (w p2)", h=grid_h, w=grid_w, p1=p, p2=p)
         return self.final_layer(out)
-
-
-# Constructor kwargs of the published U-ViT models (baofff/U-ViT configs; paper Table "U-ViT configurations").
-# Parameter counts (exact, this implementation = reference) are in docs/uvit.md and checked in the tests.
-UVIT_PRESETS: dict[str, dict[str, Any]] = {
-    # configs/cifar10_uvit.py: unconditional (num_classes=-1, so no class token), conv on. 44.26 M ("44M").
-    "uvit_s2": dict(
-        input_size=32, patch_size=2, in_channels=3, hidden_size=512, depth=13, num_heads=8,
-        mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=0, use_final_conv=True,
-    ),
-    # configs/imagenet256_uvit_large.py: SD-VAE latents 4x32x32, 1000 classes + null, conv on. 286.76 M ("287M").
-    "uvit_l2": dict(
-        input_size=32, patch_size=2, in_channels=4, hidden_size=1024, depth=21, num_heads=16,
-        mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=1000, use_final_conv=True,
-    ),
-    # configs/imagenet256_uvit_huge.py: conv off, mlp_time_embed off. 500.83 M ("501M").
-    "uvit_h2": dict(
-        input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=29, num_heads=16,
-        mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=1000, use_final_conv=False,
-    ),
-    # Not a published U-ViT model: H/2 on 4x64x64 latents, the same 32x32 token grid as DiM-H at 512.
-    "uvit_h2_512": dict(
-        input_size=64, patch_size=2, in_channels=4, hidden_size=1152, depth=29, num_heads=16,
-        mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=1000, use_final_conv=False,
-    ),
-    # configs/imagenet512_uvit_huge.py: U-ViT's published 512 model, patch 4 (16x16 tokens). 500.94 M.
-    "uvit_h4_512": dict(
-        input_size=64, patch_size=4, in_channels=4, hidden_size=1152, depth=29, num_heads=16,
-        mlp_ratio=4.0, qkv_bias=False, mlp_time_embed=False, num_classes=1000, use_final_conv=False,
-    ),
-}  # fmt: skip
-
-
-def build_uvit(name: str, **overrides: Any) -> UViT:
-    """Build the U-ViT preset ``name`` (a key of ``UVIT_PRESETS``), with constructor ``overrides`` applied."""
-    if name not in UVIT_PRESETS:
-        raise KeyError(f"unknown U-ViT preset {name!r}; expected one of {sorted(UVIT_PRESETS)}")
-    return UViT(**{**UVIT_PRESETS[name], **overrides})

@@ -1,6 +1,6 @@
 """``dimlab shards ...``: the shard-writing commands (imagefolder, cifar10, digits, latents).
 
-The top-level ``dimlab`` command dispatches ``dimlab shards ARGS`` to :func:`main` with ``ARGS``.
+The ``dimlab`` dispatcher runs ``dimlab shards ARGS`` as :func:`main` with ``ARGS``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,11 @@ import os
 import sys
 
 from rich.console import Console
+
+from dimlab.data.cifar import write_cifar10_shards
+from dimlab.data.digits import write_digits_shards
+from dimlab.data.imagefolder import write_imagefolder_shards
+from dimlab.data.latents import write_latent_shards
 
 
 def _positive_int(text: str) -> int:
@@ -83,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         if args.source == "imagefolder":
-            from dimlab.data.imagefolder import write_imagefolder_shards
-
             write_imagefolder_shards(
                 args.src,
                 args.out,
@@ -98,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             )
         elif args.source == "cifar10":
-            from dimlab.data.cifar import write_cifar10_shards
-
             write_cifar10_shards(args.out, args.archive, shard_size=args.shard_size, workers=args.workers)
         elif args.source == "digits":
-            from dimlab.data.digits import write_digits_shards
-
             write_digits_shards(
                 args.out,
                 size=args.size,
@@ -113,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
             )
         else:
-            from dimlab.data.latents import write_latent_shards
-
             write_latent_shards(
                 args.src_shards,
                 args.out,

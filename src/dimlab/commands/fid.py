@@ -17,21 +17,38 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata as md
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+from lightning.fabric import Fabric
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 
-from dimlab.diffusion.fast_eval import add_fast_eval_arguments
+from dimlab.commands.options import add_fast_eval_arguments
+from dimlab.eval.images import open_image_source
 from dimlab.eval.inception import (
+    FEATURE_DIMS,
     InceptionWeightsNotFoundError,
+    build_fid_metric,
     is_official_weights,
     resolve_inception_weights,
     weights_sha256,
 )
-from dimlab.eval.ref_stats import ReferenceStats, load_reference_stats
-from dimlab.eval.split import LABEL_MODES
+from dimlab.eval.ref_stats import (
+    ReferenceStats,
+    compute_reference_stats,
+    expand_shards,
+    iter_shard_images,
+    load_reference_stats,
+)
+from dimlab.eval.score import generate_and_score, score_images
+from dimlab.eval.split import LABEL_MODES, official_labels
+from dimlab.sampling.images import save_pngs
+from dimlab.sampling.sampler import load_sampler
 
 __all__ = ["build_parser", "build_ref_stats_parser", "main"]
 
@@ -42,7 +59,6 @@ PROTOCOL = (
     "ADM TensorFlow evaluator (DiT, SiT)"
 )
 CFG_CONVENTION = "U-ViT/DiM: eps = eps_c + s * (eps_c - eps_u), guidance weight w = 1 + s"
-FEATURE_DIMS = (64, 192, 768, 2048)
 SEED_RULE = "sample i uses seed SeedSequence([base_seed, i]); labels drawn once for all N from base_seed"
 
 
@@ -184,11 +200,7 @@ def _score_main(args) -> int:
         )
     class_counts = _load_class_counts(args.class_counts, args.labels) if args.ckpt is not None else None
     if args.images is not None:
-        from dimlab.eval.images import open_image_source
-
         open_image_source(args.images, key=args.npz_key)  # fail early on a bad folder / npz
-
-    from lightning.fabric import Fabric
 
     strategy = args.strategy if args.devices > 1 else "auto"
     fabric = Fabric(accelerator=args.accelerator, devices=args.devices, strategy=strategy)
@@ -203,15 +215,10 @@ def _score_main(args) -> int:
 
 def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> dict:
     """One rank's work (run in each spawned process); returns a small picklable summary."""
-    from dimlab.eval.inception import build_fid_metric
-    from dimlab.eval.score import generate_and_score, score_images
-
     rank, world = fabric.global_rank, fabric.world_size
     metric = build_fid_metric(weights, feature=args.feature_dim, device=fabric.device)
     show = not args.no_progress and rank == 0
     if args.images is not None:
-        from dimlab.eval.images import open_image_source
-
         source = open_image_source(args.images, key=args.npz_key)
         result = score_images(
             source,
@@ -229,9 +236,6 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
             "seconds": result.seconds,
             "world_size": world,
         }
-
-    from dimlab.eval.split import official_labels
-    from dimlab.lit.sampling import load_sampler
 
     sampler = load_sampler(args.ckpt, ema=not args.no_ema, device=fabric.device, vae_path=args.vae)
     labels = None
@@ -278,18 +282,13 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
 
 
 def _png_writer(folder: Path):
-    from PIL import Image
-
     def write(indices, images):
-        for i, img in zip(indices.tolist(), images, strict=True):
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:06d}.png")
+        save_pngs(images.permute(0, 2, 3, 1).numpy(), folder, indices.tolist())
 
     return write
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
     out = {}
     for name in ("dimlab", "torch", "torchmetrics", "torch-fidelity", "lightning"):
         try:
@@ -348,9 +347,6 @@ def _source_entry(args) -> dict:
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="dimlab fid", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -383,8 +379,6 @@ def _reference_batches(args):
     source = Path(args.source)
     is_images = source.suffix == ".npz" or (source.is_dir() and not any(source.glob("*.tar")))
     if is_images:
-        from dimlab.eval.images import open_image_source
-
         images = open_image_source(source)
         total = len(images) if args.max_images is None else min(args.max_images, len(images))
 
@@ -393,22 +387,18 @@ def _reference_batches(args):
                 yield images.batch(range(lo, min(lo + args.batch_size, total)))
 
         return batches(), images.description
-    from dimlab.eval.ref_stats import expand_shards, iter_shard_images
 
     urls = expand_shards(args.source)  # fail early on missing shards
     return iter_shard_images(urls, args.resolution, args.batch_size, args.num_workers), args.source
 
 
 def _ref_stats_main(args) -> int:
-    from dimlab.eval.ref_stats import compute_reference_stats
-
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"{args.out} exists; pass --overwrite to replace it")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     weights = resolve_inception_weights(args.inception_weights, download=args.download_inception)
     batches, description = _reference_batches(args)
-    from dimlab.eval.inception import build_fid_metric
 
     metric = build_fid_metric(weights, feature=args.feature_dim, device=args.device)
     stats = compute_reference_stats(
@@ -419,7 +409,6 @@ def _ref_stats_main(args) -> int:
         max_images=args.max_images,
     )
     stats.save(args.out)
-    from rich.console import Console
 
     Console().print(
         f"[bold]reference statistics[/bold] of {stats.count} images from {description} -> {args.out} "
@@ -429,8 +418,6 @@ def _ref_stats_main(args) -> int:
 
 
 def _with_progress(batches, enabled: bool):
-    from rich.progress import Progress
-
     with Progress(disable=not enabled) as progress:
         task = progress.add_task("reference features", total=None)
         for batch in batches:

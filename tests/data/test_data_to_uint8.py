@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dimlab.eval.quantize import to_uint8
+from dimlab.data.transforms import to_uint8
 
 
 def test_minus_one_one_rounds_to_nearest_level():

@@ -1,0 +1,65 @@
+"""``dimlab fit | validate | test | predict``: LightningCLI over the DiffusionModule and the ShardDataModule.
+
+``dimlab fit --config experiments/...yaml``; ``--print_config`` shows the resolved config and ``--key=value``
+overrides any entry.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from dimlab.data.datamodule import ShardDataModule
+from dimlab.lit.callbacks import RunSummary
+from dimlab.lit.checkpoint_io import AtomicCheckpointIO
+from dimlab.lit.faults import NonFiniteGuard, PreemptionCheckpoint, SkippedSampleMonitor
+from dimlab.lit.module import DiffusionModule
+from dimlab.lit.wandb_config import WandbSaveConfigCallback
+
+
+class DimlabCLI(LightningCLI):
+    """LightningCLI with dimlab's defaults.
+
+    A checkpoint callback that is always there (``checkpoint.*`` keys), atomic checkpoint files, omegaconf
+    interpolation in YAML, a saved config that repeat runs may overwrite and that also reaches ``wandb.config``,
+    rich progress and model summary, ``summary.json`` at the end of ``fit``, a checkpoint on SIGTERM/SIGUSR1
+    (pre-emption, SLURM requeue), skipped non-finite steps and a count of skipped corrupt samples.
+    """
+
+    def __init__(self, *args, description: str = "dimlab: DiM / U-ViT diffusion experiments.", **kwargs):
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf", "description": description})
+        kwargs.setdefault("save_config_callback", WandbSaveConfigCallback)
+        kwargs.setdefault(
+            "trainer_defaults",
+            {
+                "callbacks": [
+                    RichProgressBar(),
+                    RichModelSummary(max_depth=2),
+                    RunSummary(),
+                    PreemptionCheckpoint(),
+                    NonFiniteGuard(),
+                    SkippedSampleMonitor(),
+                ]
+            },
+        )
+        super().__init__(DiffusionModule, ShardDataModule, *args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if (
+            config.trainer.get("enable_progress_bar") is False
+        ):  # Lightning refuses a progress bar callback then
+            callbacks = self.trainer_defaults["callbacks"]
+            self.trainer_defaults["callbacks"] = [c for c in callbacks if not isinstance(c, RichProgressBar)]
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
