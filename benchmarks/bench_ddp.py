@@ -1,4 +1,4 @@
-"""DDP scaling efficiency of training through the real Lightning Trainer: images/s on 1 GPU and on 2 GPUs.
+"""DDP / FSDP scaling efficiency of training through the real Lightning Trainer: images/s on 1, 2, 4, 8 GPUs.
 
 What is measured. The product's path: :class:`dimlab.lit.module.DiffusionModule` (the recipe's optimizer, EMA,
 loss, CFG label dropout) trained by ``lightning.Trainer(strategy="ddp", precision="bf16-mixed",
@@ -8,7 +8,8 @@ gradient_clip_val=<recipe>)`` with the per-step fault callbacks ``dimlab fit`` i
 in a fresh worker process (``python bench_ddp.py --worker ...``); for ``devices=2`` Lightning's own subprocess
 launcher starts rank 1 by re-running that command with ``LOCAL_RANK=1``, exactly as under ``dimlab fit
 --trainer.devices=2``. The workers inherit ``PYTHONPATH`` (with dimlab's ``src`` folder put first) and get
-``NCCL_NVLS_ENABLE=0`` (NVLink multicast off; docs/scaling.md) unless it is already set.
+``NCCL_NVLS_ENABLE=0``, ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` and ``NVSHMEM_DISABLE_NVLS=1`` (NVLink multicast
+off in NCCL, PyTorch and NVSHMEM; docs/scaling.md) unless they are already set.
 
 Data. A map-style synthetic dataset of random latents (4x32x32 for the ImageNet-256 models) and labels, held in
 memory; Lightning adds its DistributedSampler, so each rank reads its own slice. Collating and copying ~1 MB per
@@ -20,9 +21,14 @@ stops it. A configuration's time is the slowest rank's. images/s is global: ``ba
 Peak memory (``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, over the whole run, warmup included) is
 reported per rank; on CPU the peak RSS instead.
 
-Configurations (``--configs``, run in this order): ``ddp1`` (strategy ddp, 1 device), ``ddp2`` (ddp, 2 devices),
-``single`` (strategy auto, 1 device: what ``dimlab fit --trainer.devices=1`` runs, without the DDP wrapper).
-The scaling efficiency is ``img/s(ddp2) / (2 x img/s(ddp1))``; ``efficiency_vs_single`` uses ``single`` instead.
+Configurations (``--configs``, run in this order): ``ddpN`` (strategy ddp on N devices), ``fsdp-fullN`` and
+``fsdp-gradN`` (Lightning's FSDPStrategy as ``experiments/overlays/fsdp.yaml`` sets it up, one unit per DiM block,
+with FULL_SHARD or SHARD_GRAD_OP), ``single`` (strategy auto, 1 device: what ``dimlab fit --trainer.devices=1``
+runs, without the DDP wrapper). Configurations that need more devices than are visible are skipped. The scaling
+efficiency of a configuration on N devices is ``img/s / (N x img/s(ddp1))`` (``efficiency`` is the 2-device one,
+``efficiency_vs_single`` uses ``single`` instead); ``fsdp_over_ddp`` compares each FSDP configuration with DDP on
+as many devices. ``--accumulate K`` accumulates K micro-batches per optimizer step (the 512 px fine-tune recipe
+uses 2); a timed step is then an optimizer step and images/s counts every micro-batch.
 
 Usage (the 2-GPU measurement; ~3 minutes on 2 H100s; dimlab importable through PYTHONPATH or an install):
     PYTHONPATH=$PWD/src:$PWD/.kernels/site python3 benchmarks/bench_ddp.py --model dim_l2 --batch 64 \\
@@ -33,8 +39,10 @@ Usage (the 2-GPU measurement; ~3 minutes on 2 H100s; dimlab importable through P
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -62,12 +70,54 @@ from dimlab.models.scan import resolve_backend  # noqa: E402
 #: model -> (preset, recipe YAML whose ``model`` and ``trainer.gradient_clip_val`` settings are used)
 MODELS = {
     "dim_l2": ("dim_l2", "experiments/imagenet256/dim_l2.yaml"),
+    "dim_h2": ("dim_h2", "experiments/imagenet256/dim_h2.yaml"),
+    "dim_h2_512": ("dim_h2_512", "experiments/imagenet512/dim_h2_ft.yaml"),
     # U-ViT's ImageNet-256 training recipe (the H/2 config) with the L/2 backbone
     "uvit_l2": ("uvit_l2", "experiments/imagenet256/uvit_h2.yaml"),
     "dim_s2": ("dim_s2", "experiments/cifar10/dim_s2.yaml"),
 }
-#: config -> (strategy, devices)
-CONFIGS = {"ddp1": ("ddp", 1), "ddp2": ("ddp", 2), "single": ("auto", 1)}
+#: config name prefix -> strategy name (the device count follows the prefix: ddp8, fsdp-full4, ...)
+STRATEGIES = {"ddp": "ddp", "fsdp-full": "fsdp:FULL_SHARD", "fsdp-grad": "fsdp:SHARD_GRAD_OP"}
+CONFIG_PATTERN = re.compile(r"^(ddp|fsdp-full|fsdp-grad)([1-9][0-9]*)$")
+FSDP_OVERLAY = "experiments/overlays/fsdp.yaml"
+#: environment that keeps NVLink multicast off in every rank (docs/scaling.md)
+MULTICAST_OFF = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+}
+
+
+def parse_config(name: str) -> tuple[str, int]:
+    """``ddp4`` -> ("ddp", 4), ``fsdp-grad8`` -> ("fsdp:SHARD_GRAD_OP", 8), ``single`` -> ("auto", 1)."""
+    if name == "single":
+        return "auto", 1
+    match = CONFIG_PATTERN.match(name)
+    if match is None:
+        raise ValueError(name)
+    return STRATEGIES[match.group(1)], int(match.group(2))
+
+
+def make_strategy(strategy: str):
+    """The Trainer's ``strategy`` argument: a name, or the FSDPStrategy of the FSDP overlay with ``sharding``."""
+    if not strategy.startswith("fsdp:"):
+        return strategy
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    init = yaml.safe_load((REPO / FSDP_OVERLAY).read_text())["trainer"]["strategy"]["init_args"]
+    policy = {_import_class(path) for path in init.get("auto_wrap_policy", [])}
+    return FSDPStrategy(
+        sharding_strategy=strategy.split(":", 1)[1],
+        auto_wrap_policy=policy,
+        state_dict_type=init.get("state_dict_type", "full"),
+    )
+
+
+def _import_class(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 #: recipe keys that are not about the training step (a VAE is not loaded: the synthetic data are latents already)
 _NOT_STEP_KEYS = {"backbone", "vae_path", "latent_scale", "init_from", "init_from_ema", "latent_shape"}
 TAG = "bench_ddp"
@@ -89,8 +139,9 @@ def _worker(args: argparse.Namespace) -> int:
     cuda = args.device == "cuda"
     if not cuda:  # one thread per rank in every configuration, so 1 and 2 CPU ranks compare like for like
         torch.set_num_threads(1)
-    strategy, devices = CONFIGS[args.config]
+    strategy, devices = parse_config(args.config)
     precision = args.precision or ("bf16-mixed" if cuda else "32-true")
+    accumulate = args.accumulate
     module_args, clip = recipe(args.model)
 
     class SyntheticLatents(Dataset):
@@ -120,6 +171,8 @@ def _worker(args: argparse.Namespace) -> int:
                 torch.cuda.synchronize(pl_module.device)
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if (batch_idx + 1) % accumulate:  # only the micro-batches that ended with an optimizer step
+                return
             step = trainer.global_step
             if step == args.warmup:
                 trainer.strategy.barrier("bench_ddp_timing")
@@ -149,7 +202,8 @@ def _worker(args: argparse.Namespace) -> int:
     trainer = L.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=devices,
-        strategy=strategy,
+        strategy=make_strategy(strategy),
+        accumulate_grad_batches=accumulate,
         precision=precision,
         max_steps=args.warmup + args.steps,
         gradient_clip_val=clip,
@@ -173,7 +227,7 @@ def _worker(args: argparse.Namespace) -> int:
     with torch.device(device):  # built in place: a 400M-parameter init on the CPU takes a while
         module = DiffusionModule(build_backbone(preset, **overrides), **module_args)
     world = devices
-    n = args.batch * world * (args.warmup + args.steps + 1)
+    n = args.batch * world * (args.warmup + args.steps + 1) * accumulate
     data = SyntheticLatents(module.latent_shape, module.num_classes, n)
     loader = DataLoader(data, batch_size=args.batch, shuffle=False, drop_last=True, pin_memory=cuda)
     trainer.fit(module, loader)
@@ -182,8 +236,10 @@ def _worker(args: argparse.Namespace) -> int:
         timer = callbacks[0]
         seconds = timer.gathered[:, 0].tolist()
         slowest = max(seconds)
-        images = args.batch * world * args.steps
-        step_flops = backbone_cost(module.backbone).flops(args.batch, training=True)  # per device
+        images = args.batch * world * args.steps * accumulate
+        step_flops = backbone_cost(module.backbone).flops(
+            args.batch * accumulate, training=True
+        )  # per device
         record = {
             "config": args.config,
             "strategy": strategy,
@@ -196,7 +252,8 @@ def _worker(args: argparse.Namespace) -> int:
             "gradient_clip_val": clip,
             "callbacks": [type(c).__name__ for c in callbacks[1:]],
             "batch_per_device": args.batch,
-            "global_batch": args.batch * world,
+            "accumulate_grad_batches": accumulate,
+            "global_batch": args.batch * world * accumulate,
             "warmup": args.warmup,
             "steps": args.steps,
             "seconds": slowest,
@@ -213,6 +270,7 @@ def _worker(args: argparse.Namespace) -> int:
             "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
             "device_count_visible": torch.cuda.device_count() if cuda else 0,
             "nccl_nvls_enable": os.environ.get("NCCL_NVLS_ENABLE"),
+            "multicast_env": {k: os.environ.get(k) for k in MULTICAST_OFF},
         }
         if cuda:
             record["peak_reserved_gib_per_rank"] = timer.gathered[:, 2].tolist()
@@ -274,23 +332,33 @@ class _Workers:
 
 
 def worker_env() -> dict[str, str]:
-    """The workers' environment: ours, dimlab's ``src`` and this folder first on PYTHONPATH, NVLS off."""
+    """The workers' environment: ours, dimlab's ``src`` and this folder first on PYTHONPATH, multicast off."""
     src = str(Path(dimlab.__file__).resolve().parents[1])
     paths = [src, str(HERE), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
-    env.setdefault("NCCL_NVLS_ENABLE", "0")
+    for key, value in MULTICAST_OFF.items():
+        env.setdefault(key, value)
     return env
 
 
 def _scaling(by_config: dict[str, dict]) -> dict:
+    """Scaling efficiencies against ``ddp1`` (and ``single``), and FSDP against DDP on as many devices."""
     ok = {name: r for name, r in by_config.items() if r.get("status") == "ok"}
-    out = {"efficiency": None, "efficiency_vs_single": None}
+    out = {"efficiency": None, "efficiency_vs_single": None, "efficiency_by_config": {}, "fsdp_over_ddp": {}}
     if "ddp2" in ok and "ddp1" in ok:
         out["efficiency"] = ok["ddp2"]["img_per_s"] / (2 * ok["ddp1"]["img_per_s"])
     if "ddp2" in ok and "single" in ok:
         out["efficiency_vs_single"] = ok["ddp2"]["img_per_s"] / (2 * ok["single"]["img_per_s"])
     if "ddp1" in ok and "single" in ok:
         out["ddp1_over_single"] = ok["ddp1"]["img_per_s"] / ok["single"]["img_per_s"]
+    for name, record in ok.items():
+        if name == "single":
+            continue
+        strategy, devices = parse_config(name)
+        if "ddp1" in ok:
+            out["efficiency_by_config"][name] = record["img_per_s"] / (devices * ok["ddp1"]["img_per_s"])
+        if strategy.startswith("fsdp") and f"ddp{devices}" in ok:
+            out["fsdp_over_ddp"][name] = record["img_per_s"] / ok[f"ddp{devices}"]["img_per_s"]
     return out
 
 
@@ -304,9 +372,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--configs",
         default="ddp1,ddp2,single",
-        help=f"comma-separated, run in this order, from {', '.join(CONFIGS)}",
+        help="comma-separated, run in this order: ddpN, fsdp-fullN, fsdp-gradN (N devices), single",
     )
-    parser.add_argument("--scan-backend", default="auto", help="DiM scan backend: auto, cuda or torch")
+    parser.add_argument(
+        "--accumulate", type=int, default=1, help="micro-batches per optimizer step (default 1)"
+    )
+    parser.add_argument(
+        "--scan-backend", default="auto", help="DiM scan backend: auto, triton, cuda or torch"
+    )
     parser.add_argument(
         "--precision", default=None, help="Trainer precision (default bf16-mixed; CPU 32-true)"
     )
@@ -324,7 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny model, few steps (smoke check; CPU is fine)"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.batch = args.batch if args.batch is not None else (4 if args.quick else 64)
@@ -337,16 +410,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.warmup < 1 or args.steps < 1 or args.batch < 1:
-        sys.exit(f"{TAG}: need --warmup >= 1, --steps >= 1, --batch >= 1")
+    if args.warmup < 1 or args.steps < 1 or args.batch < 1 or args.accumulate < 1:
+        sys.exit(f"{TAG}: need --warmup >= 1, --steps >= 1, --batch >= 1, --accumulate >= 1")
     if args.worker:
         return _worker(args)
     if args.out is None:
         sys.exit(f"{TAG}: --out is required")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in configs if c not in CONFIGS]
+    unknown = [c for c in configs if c != "single" and not CONFIG_PATTERN.match(c)]
     if unknown or not configs:
-        sys.exit(f"{TAG}: bad --configs {args.configs!r}; expected some of {', '.join(CONFIGS)}")
+        sys.exit(
+            f"{TAG}: bad --configs {args.configs!r} ({', '.join(unknown) or 'empty'}); expected ddpN, "
+            "fsdp-fullN, fsdp-gradN (N devices) or single"
+        )
     visible = torch.cuda.device_count() if args.device == "cuda" else None  # NVML: no CUDA context here
     if args.device == "cuda" and not visible:
         sys.exit(f"{TAG}: --device cuda but no CUDA device is visible; use --device cpu --quick")
@@ -364,7 +440,9 @@ def main(argv=None) -> int:
         configs=configs,
         callbacks=args.callbacks,
         scan_backend=args.scan_backend,
+        accumulate_grad_batches=args.accumulate,
         nccl_nvls_enable=env.get("NCCL_NVLS_ENABLE"),
+        multicast_env={k: env.get(k) for k in MULTICAST_OFF},
         launcher="one worker process per configuration; Lightning's subprocess launcher starts the other ranks",
         harness="lightning.Trainer + DiffusionModule, in-memory synthetic latents, DistributedSampler",
     )
@@ -375,7 +453,7 @@ def main(argv=None) -> int:
     workers.handle_signals()
     with tempfile.TemporaryDirectory(prefix="bench_ddp_") as tmp:
         for name in configs:
-            strategy, devices = CONFIGS[name]
+            strategy, devices = parse_config(name)
             record = {"config": name, "strategy": strategy, "devices": devices, "model": args.model}
             if visible is not None and devices > visible:
                 record["status"] = f"skipped: needs {devices} CUDA devices, {visible} visible"
@@ -385,7 +463,7 @@ def main(argv=None) -> int:
                     sys.executable, str(Path(__file__).resolve()), "--worker", f"--config={name}",
                     f"--result={result}", f"--model={args.model}", f"--batch={args.batch}",
                     f"--warmup={args.warmup}", f"--steps={args.steps}", f"--scan-backend={args.scan_backend}",
-                    f"--callbacks={args.callbacks}", f"--device={args.device}",
+                    f"--callbacks={args.callbacks}", f"--device={args.device}", f"--accumulate={args.accumulate}",
                     *([f"--precision={args.precision}"] if args.precision else []),
                     *(["--quick"] if args.quick else []),
                 ]  # fmt: skip
@@ -414,28 +492,30 @@ def main(argv=None) -> int:
 def print_table(results: list[dict], meta: dict, scaling: dict) -> None:
     """The short summary table printed last."""
     print(
-        f"\nDDP scaling through lightning.Trainer: {meta['model']}, batch {meta['batch_per_device']} per device, "
-        f"{meta['steps']} timed steps after {meta['warmup']}, {meta['device']}, NCCL_NVLS_ENABLE="
-        f"{meta['nccl_nvls_enable']}"
+        f"\nScaling through lightning.Trainer: {meta['model']}, batch {meta['batch_per_device']} per device x "
+        f"{meta['accumulate_grad_batches']} accumulated, {meta['steps']} timed steps after {meta['warmup']}, "
+        f"{meta['device']}, multicast env {meta['multicast_env']}"
     )
-    header = (
-        f"{'config':<8}{'strategy':>9}{'dev':>4}{'img/s':>10}{'img/s/dev':>10}{'step ms':>9}  peak GiB/rank"
-    )
+    header = f"{'config':<12}{'strategy':>20}{'dev':>4}{'img/s':>10}{'img/s/dev':>10}{'step ms':>9}{'eff':>7}  peak GiB/rank"
     print(header)
     print("-" * len(header))
     for r in results:
         if r.get("status") != "ok":
-            print(f"{r['config']:<8}{r['strategy']:>9}{r['devices']:>4}  {r['status'][:70]}")
+            print(f"{r['config']:<12}{r['strategy']:>20}{r['devices']:>4}  {r['status'][:70]}")
             continue
         mem = r.get("peak_mem_gib_per_rank", r.get("peak_rss_gib_per_rank", []))
+        eff = scaling["efficiency_by_config"].get(r["config"])
+        eff_text = f"{eff:>7.3f}" if eff is not None else f"{'-':>7}"
         print(
-            f"{r['config']:<8}{r['strategy']:>9}{r['devices']:>4}{r['img_per_s']:>10.1f}"
-            f"{r['img_per_s_per_device']:>10.1f}{r['step_ms']:>9.1f}  {' / '.join(f'{m:.1f}' for m in mem)}"
+            f"{r['config']:<12}{r['strategy']:>20}{r['devices']:>4}{r['img_per_s']:>10.1f}"
+            f"{r['img_per_s_per_device']:>10.1f}{r['step_ms']:>9.1f}{eff_text}  {' / '.join(f'{m:.1f}' for m in mem)}"
         )
 
     def fmt(x):
         return "n/a" if x is None else f"{x:.3f}"
 
+    for name, ratio in scaling["fsdp_over_ddp"].items():
+        print(f"{name}: {ratio:.3f} of DDP's img/s on as many devices")
     print(
         f"scaling efficiency img/s(ddp2) / (2 x img/s(ddp1)): {fmt(scaling['efficiency'])}; "
         f"vs single (no DDP wrapper): {fmt(scaling['efficiency_vs_single'])}"

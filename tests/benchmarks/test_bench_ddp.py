@@ -48,6 +48,11 @@ def test_quick_run_measures_one_and_two_cpu_ranks(tmp_path):
         assert r["status"] == "ok", r
         assert r["strategy"] == "ddp" and r["process_group_backend"] == "gloo"
         assert r["nccl_nvls_enable"] == "0", "the launched ranks see NVLink multicast off"
+        assert r["multicast_env"] == {
+            "NCCL_NVLS_ENABLE": "0",
+            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+            "NVSHMEM_DISABLE_NVLS": "1",
+        }
         assert len(r["seconds_per_rank"]) == len(r["peak_rss_gib_per_rank"]) == r["devices"]
         assert r["seconds"] == max(r["seconds_per_rank"]) > 0
         assert r["img_per_s"] > 0 and all(m > 0 for m in r["peak_rss_gib_per_rank"])
@@ -81,7 +86,7 @@ def test_scaling_needs_both_configs_and_ignores_failed_ones():
     assert bench._scaling(results)["efficiency"] is None
 
 
-@pytest.mark.parametrize("arg", ["--configs=ddp1,ddp4", "--configs=,"])
+@pytest.mark.parametrize("arg", ["--configs=ddp1,ring4", "--configs=ddp0", "--configs=,"])
 def test_bad_configs_are_rejected(tmp_path, arg):
     bench = _bench_module()
     with pytest.raises(SystemExit, match="bad --configs"):
@@ -115,3 +120,33 @@ def test_a_timed_out_worker_takes_the_ranks_it_launched_with_it(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
+
+
+def test_config_names_give_strategy_and_device_count():
+    bench = _bench_module()
+    assert bench.parse_config("ddp8") == ("ddp", 8)
+    assert bench.parse_config("fsdp-full4") == ("fsdp:FULL_SHARD", 4)
+    assert bench.parse_config("fsdp-grad2") == ("fsdp:SHARD_GRAD_OP", 2)
+    assert bench.parse_config("single") == ("auto", 1)
+    with pytest.raises(ValueError):
+        bench.parse_config("ddp0")
+    strategy = bench.make_strategy("fsdp:SHARD_GRAD_OP")  # the FSDP overlay's settings, with this sharding
+    assert type(strategy).__name__ == "FSDPStrategy"
+    assert str(strategy.sharding_strategy).endswith("SHARD_GRAD_OP")
+
+
+def test_scaling_against_one_gpu_and_fsdp_against_ddp():
+    bench = _bench_module()
+    ok = {"status": "ok"}
+    results = {
+        "ddp1": {**ok, "img_per_s": 100.0},
+        "ddp4": {**ok, "img_per_s": 380.0},
+        "ddp8": {**ok, "img_per_s": 760.0},
+        "fsdp-full8": {**ok, "img_per_s": 700.0},
+        "fsdp-grad8": {"status": "oom"},
+    }
+    scaling = bench._scaling(results)
+    assert scaling["efficiency_by_config"]["ddp4"] == pytest.approx(0.95)
+    assert scaling["efficiency_by_config"]["ddp8"] == pytest.approx(0.95)
+    assert scaling["fsdp_over_ddp"] == {"fsdp-full8": pytest.approx(700 / 760)}
+    assert scaling["efficiency"] is None  # no ddp2 measured
