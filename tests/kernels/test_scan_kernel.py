@@ -169,6 +169,8 @@ def test_config_is_validated():
         kernel_scan.ScanConfig(t_save=10, t_sub=4)
     with pytest.raises(ValueError, match="fwd_warps"):
         kernel_scan.ScanConfig(fwd_warps=3)
+    with pytest.raises(ValueError, match="bwd_lanes"):
+        kernel_scan.ScanConfig(bwd_lanes=4)
 
 
 def test_backward_in_batch_slices(tiny_config):
@@ -176,5 +178,23 @@ def test_backward_in_batch_slices(tiny_config):
     previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, bwd_rows=1))
     try:
         check_against_reference(scan_inputs(3, 9, 32, 4))
+    finally:
+        kernel_scan.set_scan_config(previous)
+
+
+@pytest.mark.parametrize(
+    "batch,length,dim,n,dtype",
+    [
+        (2, 7, 40, 16, torch.float32),  # channels not a multiple of 16
+        (1, 17, 16, 4, torch.float32),  # split into segments
+        (1, 9, 24, 16, torch.bfloat16),
+        (1, 5, 32, 3, torch.float32),  # odd N: one lane per channel after all
+    ],
+)
+def test_two_lanes_per_channel_backward(tiny_config, batch, length, dim, n, dtype):
+    """bwd_lanes=2 (each lane half of a channel's states) gives the reference's gradients too."""
+    previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, bwd_lanes=2))
+    try:
+        check_against_reference(scan_inputs(batch, length, dim, n, dtype=dtype))
     finally:
         kernel_scan.set_scan_config(previous)

@@ -43,7 +43,10 @@ class ScanConfig:
     t_save: steps between the states the forward keeps for the backward (memory: 4 * N / t_save bytes per
         (token, channel)). t_sub: steps whose states the backward holds in registers at once (t_save must be a
         multiple of it); the compile time of the backward grows with its square (about 7 s at 2 and 15 s at 4
-        on a CPU like an H200 host's, minutes at 8) and 2 and 4 ran equally fast on an H200. bwd_maxnreg: a register cap for the backward (None: the compiler's choice, 255).
+        on a CPU like an H200 host's, minutes at 8) and 2 and 4 ran equally fast on an H200. bwd_maxnreg: a
+        register cap for the backward (None: the compiler's choice, 255). bwd_lanes: lanes per channel in the
+        backward, 1 or 2 (2: each lane holds half of a channel's states, about half the registers, twice the
+        warps per SM; needs an even N, else 1 is used; not yet timed on a GPU, hence off).
         bwd_waves / bwd_rows: the backward runs on batch slices of bwd_rows rows (None: enough rows for
         bwd_waves programs per SM), which bounds its per-launch buffers. target_warps_per_sm: below this many
         warps per SM the sequence is split into segments that run in parallel (costs a second pass).
@@ -54,6 +57,7 @@ class ScanConfig:
     t_save: int = 64
     t_sub: int = 2
     bwd_maxnreg: int | None = None
+    bwd_lanes: int = 1
     bwd_waves: int = 32
     bwd_rows: int | None = None
     target_warps_per_sm: int = 16
@@ -62,6 +66,8 @@ class ScanConfig:
     def __post_init__(self) -> None:
         if self.t_save % self.t_sub or self.t_sub < 1:
             raise ValueError(f"ScanConfig: t_save ({self.t_save}) must be a multiple of t_sub ({self.t_sub})")
+        if self.bwd_lanes not in (1, 2):
+            raise ValueError(f"ScanConfig: bwd_lanes must be 1 or 2, got {self.bwd_lanes}")
         if self.fwd_warps not in (1, 2, 4, 8):
             raise ValueError(f"ScanConfig: fwd_warps must be 1, 2, 4 or 8, got {self.fwd_warps}")
 
@@ -270,11 +276,15 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
     segments = num_segments(batch, dim, length, dev, training=True)
     seg_len = _segment_length(length, segments, cfg.t_save)
     segments = math.ceil(length / seg_len)
-    n_eb = triton.cdiv(dim, 32)
+    lpc = cfg.bwd_lanes if n % 2 == 0 else 1  # lanes per channel in the main backward kernel
+    n_eb = triton.cdiv(dim, 32 // lpc)
+    n_eb_lambda = triton.cdiv(dim, 32)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     d_f = D.float().contiguous() if D is not None else dummy
     bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
     nv = min(_row_vector_width(n, B.dtype, B.stride(2)), _row_vector_width(n, C.dtype, C.stride(2)))
+    nh = n // lpc
+    nv_half = min(_row_vector_width(nh, B.dtype, B.stride(2)), _row_vector_width(nh, C.dtype, C.stride(2)))
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
     du = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
@@ -293,29 +303,31 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
     dbias_part = torch.empty_like(dd_part)
     nsub = cfg.t_save // cfg.t_sub
     scratch = (
-        torch.empty(rows * n_eb * segments * nsub * n * 32, device=dev, dtype=torch.float32)
+        torch.empty(rows * n_eb * segments * nsub * nh * 32, device=dev, dtype=torch.float32)
         if nsub > 1
         else dummy
     )
-    p = _pow2(n)
-    dup = (1 << (5 - min(p.bit_length() - 1, 5))) - 1
+    p = _pow2(nh)
+    levels = 6 - lpc  # the lane bits summed over: all 5, or the 4 above the bit that splits a channel
+    dup = sum(16 >> level for level in range(min(p.bit_length() - 1, levels), levels))
     for r0 in range(0, batch, rows):
         sl = slice(r0, min(batch, r0 + rows))
         rb = sl.stop - r0
         grid = (rb, n_eb, segments)
+        grid_lambda = (rb, n_eb_lambda, segments)
         u_r, delta_r, b_r, c_r, g_r = u[sl], delta[sl], B[sl], C[sl], grad_out[sl]
         z_r = z[sl] if z is not None else u_r
         lamin = dummy
         if segments > 1:
             mu = torch.empty((rb, segments, n, dim), device=dev, dtype=torch.float32)
             dtsum = torch.empty((rb, segments, dim), device=dev, dtype=torch.float32)
-            scan_bwd_lambda_kernel[grid](
+            scan_bwd_lambda_kernel[grid_lambda](
                 delta_r, a2t, c_r, z_r, bias_f, g_r, mu, dtsum, length, dim, seg_len,
                 *delta_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
                 N=n, BE=32, NV=nv, num_warps=1, **flags,
             )  # fmt: skip
             lamin = torch.empty_like(mu)
-            scan_carry_kernel[(rb, n_eb)](
+            scan_carry_kernel[(rb, n_eb_lambda)](
                 mu, dtsum, a2t, lamin, dim, segments, N=n, BE=32, REVERSE=True, num_warps=1
             )
         du_r = du[sl]
@@ -325,7 +337,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
             db_part, dc_part, da_part, dd_part, dbias_part,
             length, dim, seg_len, n_chunks,
             *u_r.stride(), *delta_r.stride(), *b_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
-            N=n, P=p, K=max(1, p // 32), DUP=dup, NV=nv, T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
+            N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
+            T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
             HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
             **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
         )  # fmt: skip

@@ -61,17 +61,23 @@ def _softplus_grad(x):
 
 
 @triton.jit
-def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr):
-    """The N values ptr[n * stride_n] as a tuple of N fp32 [BE] vectors (equal in every lane).
+def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None):
+    """The N values ptr[(nb + n) * stride_n] as a tuple of N fp32 [BE] vectors.
 
     Loaded as [BE, NV] tiles that every lane reads whole (one 16-byte load for NV = 8 bf16 values); the
     column is then picked in registers. The pick works on the raw bits (an integer add of zeros folds away,
-    a float add of +0.0 would not) and the bits are widened to fp32 afterwards.
+    a float add of +0.0 would not) and the bits are widened to fp32 afterwards. ``nb`` (a [BE] vector, or
+    None for 0) offsets each lane's first column: the backward with two lanes per channel gives each lane
+    its half of the states.
     """
     cols = tl.arange(0, NV)
     out = ()
     for g in tl.static_range(N // NV):
-        tile = tl.load(ptr + (g * NV + cols[None, :]) * stride_n + 0 * e[:, None], mask=mask, other=0.0)
+        if nb is None:
+            offsets = (g * NV + cols[None, :]) * stride_n + 0 * e[:, None]
+        else:
+            offsets = (nb[:, None] + g * NV + cols[None, :]) * stride_n
+        tile = tl.load(ptr + offsets, mask=mask, other=0.0)
         if tile.dtype == tl.float32:
             bits = tile.to(tl.int32, bitcast=True)
         else:
@@ -103,19 +109,19 @@ def _zeros_tuple(BE: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
-def _load_state(ptr, E, e, mask, N: tl.constexpr):
-    """Tuple of N fp32 [BE] vectors from an (N, E) slab."""
+def _load_state(ptr, E, e, mask, N: tl.constexpr, nb=0):
+    """Tuple of N fp32 [BE] vectors from an (N, E) slab: rows nb .. nb + N - 1 (``nb``: 0 or per lane)."""
     out = ()
     for n in tl.static_range(N):
-        out = out + (tl.load(ptr + n * E + e, mask=mask, other=0.0),)
+        out = out + (tl.load(ptr + (nb + n) * E + e, mask=mask, other=0.0),)
     return out
 
 
 @triton.jit
-def _store_state(ptr, E, e, mask, h, N: tl.constexpr):
-    """Store a tuple of N [BE] vectors to an (N, E) slab."""
+def _store_state(ptr, E, e, mask, h, N: tl.constexpr, nb=0):
+    """Store a tuple of N [BE] vectors to rows nb .. nb + N - 1 of an (N, E) slab."""
     for n in tl.static_range(N):
-        tl.store(ptr + n * E + e, h[n], mask=mask)
+        tl.store(ptr + (nb + n) * E + e, h[n], mask=mask)
 
 
 @triton.jit
@@ -128,17 +134,19 @@ def _step_dt(dr, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def _warp_reduce_scatter(vals, lane, P: tl.constexpr):
-    """Sum each of P [32] vectors over the 32 lanes of the warp, with P/2 + P/4 + ... shuffles, not 5 P.
+def _warp_reduce_scatter(vals, lane, P: tl.constexpr, LEVELS: tl.constexpr):
+    """Sum each of P [32] vectors over lanes, with P/2 + P/4 + ... shuffles rather than LEVELS x P.
 
-    ``vals`` holds P (a power of two) vectors of one value per lane. At each of the 5 butterfly levels the
-    tuple is halved while it has more than one entry: a lane keeps the half its lane bit selects and adds
-    the partner lane's copy of it; once one entry is left, partners just add. The result is a tuple of
-    max(1, P/32) vectors; lane l's entry i is the total of vals[i + base(l)] (:func:`_reduce_scatter_index`),
-    and lanes that differ only in the low 5 - log2(P) bits hold the same totals.
+    ``vals`` holds P (a power of two) vectors of one value per lane. The sum runs over the lanes that differ in
+    the top ``LEVELS`` of the 5 lane bits (5: the whole warp; 4: lanes of the same parity, for two lanes per
+    channel). At each butterfly level the tuple is halved while it has more than one entry: a lane keeps the
+    half its lane bit selects and adds the partner lane's copy of it; once one entry is left, partners just add.
+    The result is a tuple of max(1, P >> LEVELS) vectors; lane l's entry i is the total of vals[i + base(l)]
+    (:func:`_reduce_scatter_index`), and lanes that differ only in the bits of the add-only levels hold the
+    same totals.
     """
     x = vals
-    for level in tl.static_range(5):
+    for level in tl.static_range(LEVELS):
         partner = lane ^ (16 >> level)
         if (P >> level) > 1:
             upper = (lane & (16 >> level)) != 0
@@ -154,32 +162,41 @@ def _warp_reduce_scatter(vals, lane, P: tl.constexpr):
 
 
 @triton.jit
-def _reduce_scatter_index(lane, P: tl.constexpr):
+def _reduce_scatter_index(lane, P: tl.constexpr, LEVELS: tl.constexpr):
     """For :func:`_warp_reduce_scatter`: base(l), the index of lane l's first total."""
     base = lane * 0
-    for level in tl.static_range(5):
+    for level in tl.static_range(LEVELS):
         if (P >> level) > 1:
             base = base + tl.where((lane & (16 >> level)) != 0, P >> (level + 1), 0)
     return base
 
 
 @triton.jit
-def _store_lane_sums(ptr, vals, lane, valid, N: tl.constexpr, P: tl.constexpr, K: tl.constexpr,
-                     DUP: tl.constexpr):  # fmt: skip
-    """Reduce N per-lane vectors over the warp and store total n at ptr[n], one lane each.
+def _store_lane_sums(ptr, vals, lane, valid, nb, N: tl.constexpr, P: tl.constexpr, K: tl.constexpr,
+                     DUP: tl.constexpr, LEVELS: tl.constexpr):  # fmt: skip
+    """Reduce N per-lane vectors over the lanes of :func:`_warp_reduce_scatter` and store total n at
+    ptr[nb + n], one lane each (``nb``: the lane's first state, 0 or its half's).
 
-    P: N rounded up to a power of two; K = max(1, P / 32) totals per lane; DUP: the low lane bits over which
-    totals repeat (2^(5 - log2 P) - 1, or 0). See :func:`_warp_reduce_scatter`.
+    P: N rounded up to a power of two; K = max(1, P >> LEVELS) totals per lane; DUP: the lane bits of the
+    add-only levels, over which totals repeat.
     """
     padded = vals
     for _i in tl.static_range(P - N):
         padded = padded + (vals[0] * 0.0,)
-    sums = _warp_reduce_scatter(padded, lane, P)
-    base = _reduce_scatter_index(lane, P)
+    sums = _warp_reduce_scatter(padded, lane, P, LEVELS)
+    base = _reduce_scatter_index(lane, P, LEVELS)
     first = (lane & DUP) == 0
     for i in tl.static_range(K):
         n = base + i
-        tl.store(ptr + n, sums[i], mask=valid & first & (n < N))
+        tl.store(ptr + nb + n, sums[i], mask=valid & first & (n < N))
+
+
+@triton.jit
+def _pair_sum(x, lane, LPC: tl.constexpr):
+    """Sum of x over the LPC (1 or 2) lanes that share a channel."""
+    if LPC == 2:
+        return x + tl.gather(x, lane ^ 1, 0)
+    return x
 
 
 # ------------------------------------------------------------------------------------------------ forward
@@ -327,6 +344,14 @@ def scan_bwd_lambda_kernel(
 
 
 @triton.jit
+def _row(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, LPC: tl.constexpr):
+    """This lane's NH values of a B / C row: all of them with one lane per channel, its half with two."""
+    if LPC == 2:
+        return _load_row(ptr, stride_n, e, mask, NH, NV, nb)
+    return _load_row(ptr, stride_n, e, mask, NH, NV)
+
+
+@triton.jit
 def scan_bwd_kernel(
     u_ptr, dl_ptr, a2_ptr, b_ptr, c_ptr, d_ptr, z_ptr, bias_ptr, g_ptr,
     states_ptr, lamin_ptr, scratch_ptr,
@@ -334,18 +359,22 @@ def scan_bwd_kernel(
     L, E, seg_len, n_chunks,
     s_ub, s_ut, s_ue, s_db, s_dt, s_de, s_bb, s_bt, s_bn, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze,
     s_gb, s_gt, s_ge,
-    N: tl.constexpr, P: tl.constexpr, K: tl.constexpr, DUP: tl.constexpr, NV: tl.constexpr,
-    T_SAVE: tl.constexpr, T_SUB: tl.constexpr,
+    N: tl.constexpr, LPC: tl.constexpr, P: tl.constexpr, K: tl.constexpr, DUP: tl.constexpr,
+    LEVELS: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr, T_SUB: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LAMIN: tl.constexpr, WRITE_Y: tl.constexpr,
 ):  # fmt: skip
-    """One (batch row, 32 channels, segment) of the backward pass; one warp (see the module docstring).
+    """One (batch row, 32 / LPC channels, segment) of the backward pass; one warp (see the module docstring).
 
-    Outputs: du, d delta, dz (input dtypes, (B, L, E) contiguous), the gated output y if ``WRITE_Y`` (for an
-    out-projection's weight gradient), per-warp partials of dB and dC ((B, E/32, L, N) fp32) and per-program
-    partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)).
+    With ``LPC`` = 1 a lane holds one channel and its N states; with 2, two neighbouring lanes share a channel
+    and hold N / 2 states each (half the registers, so twice the warps fit on an SM), their sums over the states
+    joined by one shuffle. Outputs: du, d delta, dz (input dtypes, (B, L, E) contiguous), the gated output y if
+    ``WRITE_Y`` (for an out-projection's weight gradient), per-warp partials of dB and dC ((B, E*LPC/32, L, N)
+    fp32) and per-program partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)).
     """
     BE: tl.constexpr = 32
+    CH: tl.constexpr = 32 // LPC
+    NH: tl.constexpr = N // LPC
     NSUB: tl.constexpr = T_SAVE // T_SUB
     pid_b = tl.program_id(0).to(tl.int64)
     pid_e = tl.program_id(1)
@@ -353,17 +382,19 @@ def scan_bwd_kernel(
     n_eb = tl.num_programs(1)
     n_seg = tl.num_programs(2)
     lane = tl.arange(0, BE)
-    e = pid_e * BE + lane
+    nb = (lane % LPC) * NH  # the lane's first state
+    e = pid_e * CH + lane // LPC
     emask = e < E
-    a2 = _load_state(a2_ptr, E, e, emask, N)
+    owner = emask & (nb == 0)  # one lane per channel writes the per-channel results
+    a2 = _load_state(a2_ptr, E, e, emask, NH, nb)
     bias = tl.load(bias_ptr + e, mask=emask, other=0.0) if HAS_BIAS else 0.0
     d = tl.load(d_ptr + e, mask=emask, other=0.0) if HAS_D else 0.0
     seg_slab = (pid_b * n_seg + pid_s) * N * E
     if HAS_LAMIN:
-        lam_prop = _load_state(lamin_ptr + seg_slab, E, e, emask, N)
+        lam_prop = _load_state(lamin_ptr + seg_slab, E, e, emask, NH, nb)
     else:
-        lam_prop = _zeros_tuple(BE, N)
-    da_acc = _zeros_tuple(BE, N)
+        lam_prop = _zeros_tuple(BE, NH)
+    da_acc = _zeros_tuple(BE, NH)
     dd_acc = tl.zeros([BE], tl.float32)
     dbias_acc = tl.zeros([BE], tl.float32)
     u_base = u_ptr + pid_b * s_ub + e * s_ue
@@ -373,8 +404,8 @@ def scan_bwd_kernel(
     b_base = b_ptr + pid_b * s_bb
     c_base = c_ptr + pid_b * s_cb
     out_off = pid_b * L * E + e  # du, d delta, dz, y are (B, L, E) contiguous
-    part_base = (pid_b * n_eb + pid_e) * L * N  # dB / dC partials (B, E/32, L, N)
-    scratch = scratch_ptr + ((pid_b * n_eb + pid_e) * n_seg + pid_s) * NSUB * N * BE + lane
+    part_base = (pid_b * n_eb + pid_e) * L * N  # dB / dC partials (B, E*LPC/32, L, N)
+    scratch = scratch_ptr + ((pid_b * n_eb + pid_e) * n_seg + pid_s) * NSUB * NH * BE + lane
     t_lo = pid_s * seg_len
     t_hi = tl.minimum(t_lo + seg_len, L)
     c_lo = t_lo // T_SAVE
@@ -383,21 +414,21 @@ def scan_bwd_kernel(
         c = c_hi - 1 - ci
         t_c = c * T_SAVE
         t_ce = tl.minimum(t_c + T_SAVE, t_hi)
-        h = _load_state(states_ptr + (pid_b * n_chunks + c) * N * E, E, e, emask, N)
+        h = _load_state(states_ptr + (pid_b * n_chunks + c) * N * E, E, e, emask, NH, nb)
         # level 1: the state entering every T_SUB-th step of the chunk, into this program's scratch
         if NSUB > 1:
             for j in range(NSUB):
-                _store_state(scratch + j * N * BE, BE, 0, emask, h, N)
+                _store_state(scratch + j * NH * BE, BE, 0, emask, h, NH)
                 for k in range(T_SUB):  # a run-time loop: unrolling it would only lengthen compilation
                     t = t_c + j * T_SUB + k
                     valid = emask & (t < t_ce)
                     u = _load_vec(u_base + t * s_ut, valid)
                     dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, valid), bias, HAS_BIAS, SOFTPLUS)
                     dt = tl.where(valid, dt, 0.0)
-                    brow = _load_row(b_base + t * s_bt, s_bn, e, valid[:, None], N, NV)
+                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC)
                     dtu = dt * u
                     hn = ()
-                    for n in tl.static_range(N):
+                    for n in tl.static_range(NH):
                         hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
                     h = hn
         # level 2: sub-chunks last first; states in registers, adjoint backwards
@@ -406,7 +437,7 @@ def scan_bwd_kernel(
             t_s = t_c + j * T_SUB
             if t_s < t_ce:
                 if NSUB > 1:
-                    h = _load_state(scratch + j * N * BE, BE, 0, emask, N)
+                    h = _load_state(scratch + j * NH * BE, BE, 0, emask, NH)
                 hs = ()
                 us = ()
                 dts = ()
@@ -417,10 +448,10 @@ def scan_bwd_kernel(
                     u = _load_vec(u_base + t * s_ut, valid)
                     dt, dr = _step_dt(_load_vec(dl_base + t * s_dt, valid), bias, HAS_BIAS, SOFTPLUS)
                     dt = tl.where(valid, dt, 0.0)
-                    brow = _load_row(b_base + t * s_bt, s_bn, e, valid[:, None], N, NV)
+                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC)
                     dtu = dt * u
                     hn = ()
-                    for n in tl.static_range(N):
+                    for n in tl.static_range(NH):
                         hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
                     h = hn
                     hs = hs + (h,)
@@ -430,15 +461,17 @@ def scan_bwd_kernel(
                 for k in tl.static_range(T_SUB - 1, -1, -1):
                     t = t_s + k
                     valid = emask & (t < t_ce)
+                    mine = owner & (t < t_ce)
                     u = us[k]
                     dt = dts[k]
                     hk = hs[k]
                     g = _load_vec(g_base + t * s_gt, valid)
-                    brow = _load_row(b_base + t * s_bt, s_bn, e, valid[:, None], N, NV)
-                    crow = _load_row(c_base + t * s_ct, s_cn, e, valid[:, None], N, NV)
-                    y = d * u
-                    for n in tl.static_range(N):
-                        y += hk[n] * crow[n]
+                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC)
+                    crow = _row(c_base + t * s_ct, s_cn, e, valid[:, None], NH, NV, nb, LPC)
+                    y_part = tl.zeros([BE], tl.float32)
+                    for n in tl.static_range(NH):
+                        y_part += hk[n] * crow[n]
+                    y = _pair_sum(y_part, lane, LPC) + d * u
                     if HAS_Z:
                         zz = _load_vec(z_base + t * s_zt, valid)
                         sig = tl.sigmoid(zz)
@@ -447,16 +480,16 @@ def scan_bwd_kernel(
                         tl.store(
                             dz_ptr + out_off + t * E,
                             (g * y * sig * (1.0 + zz * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
-                            mask=valid,
+                            mask=mine,
                         )
                         if WRITE_Y:
                             tl.store(
-                                y_ptr + out_off + t * E, (y * gate).to(y_ptr.dtype.element_ty), mask=valid
+                                y_ptr + out_off + t * E, (y * gate).to(y_ptr.dtype.element_ty), mask=mine
                             )
                     else:
                         gy = g
                         if WRITE_Y:
-                            tl.store(y_ptr + out_off + t * E, y.to(y_ptr.dtype.element_ty), mask=valid)
+                            tl.store(y_ptr + out_off + t * E, y.to(y_ptr.dtype.element_ty), mask=mine)
                     dtu = dt * u
                     q_a = tl.zeros([BE], tl.float32)  # sum_n lam * dA h_{t-1} * A2
                     lam_b = tl.zeros([BE], tl.float32)  # sum_n lam * B
@@ -464,7 +497,7 @@ def scan_bwd_kernel(
                     db_terms = ()
                     lp = ()
                     dan = ()
-                    for n in tl.static_range(N):
+                    for n in tl.static_range(NH):
                         lam_n = lam_prop[n] + crow[n] * gy
                         q = lam_n * (hk[n] - dtu * brow[n])  # lam_t * exp(dt A) h_{t-1}
                         q_a += q * a2[n]
@@ -475,6 +508,8 @@ def scan_bwd_kernel(
                         lp = lp + (tl.exp2(dt * a2[n]) * lam_n,)
                     lam_prop = lp
                     da_acc = dan
+                    q_a = _pair_sum(q_a, lane, LPC)
+                    lam_b = _pair_sum(lam_b, lane, LPC)
                     ddt = q_a * LN2 + lam_b * u
                     du = gy * d + lam_b * dt
                     if HAS_D:
@@ -485,13 +520,16 @@ def scan_bwd_kernel(
                         ddl = ddt
                     ddl = tl.where(valid, ddl, 0.0)
                     dbias_acc += ddl
-                    tl.store(du_ptr + out_off + t * E, du.to(du_ptr.dtype.element_ty), mask=valid)
-                    tl.store(ddl_ptr + out_off + t * E, ddl.to(ddl_ptr.dtype.element_ty), mask=valid)
+                    tl.store(du_ptr + out_off + t * E, du.to(du_ptr.dtype.element_ty), mask=mine)
+                    tl.store(ddl_ptr + out_off + t * E, ddl.to(ddl_ptr.dtype.element_ty), mask=mine)
                     t_ok = (t < t_ce) & (lane >= 0)
-                    _store_lane_sums(dc_part_ptr + part_base + t * N, dc_terms, lane, t_ok, N, P, K, DUP)
-                    _store_lane_sums(db_part_ptr + part_base + t * N, db_terms, lane, t_ok, N, P, K, DUP)
+                    _store_lane_sums(
+                        dc_part_ptr + part_base + t * N, dc_terms, lane, t_ok, nb, NH, P, K, DUP, LEVELS
+                    )
+                    _store_lane_sums(
+                        db_part_ptr + part_base + t * N, db_terms, lane, t_ok, nb, NH, P, K, DUP, LEVELS
+                    )
     prog_slab = (pid_b * n_seg + pid_s) * N * E
-    for n in tl.static_range(N):
-        tl.store(da_part_ptr + prog_slab + n * E + e, da_acc[n], mask=emask)
-    tl.store(dd_part_ptr + (pid_b * n_seg + pid_s) * E + e, dd_acc, mask=emask)
-    tl.store(dbias_part_ptr + (pid_b * n_seg + pid_s) * E + e, dbias_acc, mask=emask)
+    _store_state(da_part_ptr + prog_slab, E, e, emask, da_acc, NH, nb)
+    tl.store(dd_part_ptr + (pid_b * n_seg + pid_s) * E + e, dd_acc, mask=owner)
+    tl.store(dbias_part_ptr + (pid_b * n_seg + pid_s) * E + e, dbias_acc, mask=owner)
