@@ -58,9 +58,40 @@ def test_custom_ops_pass_opcheck(tiny_config):
     D, bias = torch.randn(e, device=DEVICE), torch.randn(e, device=DEVICE)
     args = [t.requires_grad_() for t in (u, dl, A, bm, cm, D, z, bias)]
     torch.library.opcheck(torch.ops.dimlab.selective_scan_fwd.default, (*args, True, True))
+    _, states = torch.ops.dimlab.selective_scan_fwd(*[a.detach() for a in args], True, True)
+    grad = torch.randn(b, length, e, device=DEVICE)
+    plain = [a.detach() for a in args]
+    torch.library.opcheck(torch.ops.dimlab.selective_scan_bwd.default, (*plain, True, states, grad, True))
     x = torch.randn(b, length, e, device=DEVICE, requires_grad=True)
     w = torch.randn(e, 3, device=DEVICE, requires_grad=True)
     torch.library.opcheck(torch.ops.dimlab.causal_conv1d_fwd.default, (x, w, None, True))
+    torch.library.opcheck(
+        torch.ops.dimlab.causal_conv1d_bwd.default, (x.detach(), w.detach(), None, True, grad)
+    )
+
+
+def test_fused_mixer_ops_pass_opcheck(tiny_config):
+    torch.manual_seed(4)
+    mixer = Mamba(16, d_state=4, d_conv=3, expand=2).to(DEVICE)
+    xz = mixer.in_proj(torch.randn(1, 5, 16, device=DEVICE)).detach().requires_grad_()
+    params = (
+        mixer.conv1d.weight[:, 0, :],
+        mixer.conv1d.bias,
+        mixer.x_proj.weight,
+        mixer.dt_proj.weight,
+        mixer.out_proj.weight,
+        mixer.out_proj.bias,
+        -torch.exp(mixer.A_log.float()),
+        mixer.D.float(),
+        mixer.dt_proj.bias.float(),
+    )
+    torch.library.opcheck(torch.ops.dimlab.mamba_inner_fwd.default, (xz, *params, True))
+    plain = [p.detach() if p is not None else None for p in params]
+    _, x_dbl, states = torch.ops.dimlab.mamba_inner_fwd(xz.detach(), *plain, True)
+    grad = torch.randn(1, 5, 16, device=DEVICE)
+    torch.library.opcheck(
+        torch.ops.dimlab.mamba_inner_bwd.default, (xz.detach(), *plain, x_dbl, states, grad)
+    )
 
 
 def test_compile_traces_the_mixer_without_graph_breaks(tiny_config):

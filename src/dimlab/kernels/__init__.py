@@ -9,6 +9,14 @@ Importing this package imports Triton; :func:`dimlab.models.scan.triton_availabl
 """
 
 from dimlab.kernels.conv import causal_conv1d
+from dimlab.kernels.mixer import mamba_inner
 from dimlab.kernels.scan import ScanConfig, get_scan_config, selective_scan, set_scan_config
 
-__all__ = ["ScanConfig", "causal_conv1d", "get_scan_config", "selective_scan", "set_scan_config"]
+__all__ = [
+    "ScanConfig",
+    "causal_conv1d",
+    "get_scan_config",
+    "mamba_inner",
+    "selective_scan",
+    "set_scan_config",
+]

@@ -78,7 +78,7 @@ def _conv_bwd_op(
         length, dim, *x.stride(), *weight.stride(), *grad_out.stride(),
         K=k, BT=BLOCK_T, BE=BLOCK_E, HAS_BIAS=bias is not None, SILU=bool(silu), num_warps=4,
     )  # fmt: skip
-    dw = dw_part.sum(0).t().to(weight.dtype)
+    dw = dw_part.sum(0).t().contiguous().to(weight.dtype)  # contiguous, as the fake implementation promises
     db = db_part.sum(0).to(bias.dtype) if bias is not None else db_part.new_empty((0,))
     return dx, dw, db
 

@@ -347,7 +347,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
         da_sum += da_part[: rb * segments].sum(0)
         dd_sum += dd_part[: rb * segments].sum(0)
         dbias_sum += dbias_part[: rb * segments].sum(0)
-    dA = da_sum.t().to(A.dtype)
+    dA = da_sum.t().contiguous().to(A.dtype)  # contiguous, as the fake implementation promises
     dD = dd_sum.to(D.dtype) if D is not None else _empty(dev)
     dbias = dbias_sum.to(delta_bias.dtype) if delta_bias is not None else _empty(dev)
     return du, ddelta, dA, dB, dC, dD, dz, dbias, y
