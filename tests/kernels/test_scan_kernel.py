@@ -70,7 +70,7 @@ def test_scan_matches_reference_fp32(tiny_config, batch, length, dim, n):
 
 
 def test_scan_matches_reference_bf16(tiny_config):
-    check_against_reference(scan_inputs(1, 11, 33, 16, dtype=torch.bfloat16))
+    check_against_reference(scan_inputs(1, 11, 20, 16, dtype=torch.bfloat16))
 
 
 def test_scan_matches_reference_fp16(tiny_config):
@@ -99,7 +99,7 @@ def test_optional_inputs(tiny_config, with_d, with_z, with_bias, softplus):
 
 def test_split_sequence_matches_reference(tiny_config):
     """Few rows x channels: the sequence is split into segments chained by the carry pass."""
-    inputs = scan_inputs(1, 17, 32, 16)
+    inputs = scan_inputs(1, 17, 32, 8)
     assert kernel_scan.num_segments(1, 32, 17, inputs["u"].device, training=True) > 1
     check_against_reference(inputs)
     with torch.no_grad():  # inference splits at any step, not only at saved-state boundaries
@@ -185,7 +185,7 @@ def test_backward_in_batch_slices(tiny_config):
 @pytest.mark.parametrize(
     "batch,length,dim,n,dtype",
     [
-        (2, 7, 40, 16, torch.float32),  # channels not a multiple of 16
+        (1, 7, 40, 16, torch.float32),  # channels not a multiple of 16
         (1, 17, 16, 4, torch.float32),  # split into segments
         (1, 9, 24, 16, torch.bfloat16),
         (1, 5, 32, 3, torch.float32),  # odd N: one lane per channel after all
