@@ -8,11 +8,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from gpu_numerics import rel_err
+from gpu_numerics import forward_backward, rel_err
 from torch.utils.data import DataLoader, Dataset
 
 from dimlab.lit.module import DiffusionModule
-from dimlab.models.mamba import set_scan_backend
 from dimlab.models.presets import build_backbone
 
 pytestmark = [
@@ -34,21 +33,6 @@ def dim_s2():
     with torch.no_grad():
         model.pos_embed.normal_(std=0.02)
     return model
-
-
-def forward_backward(model, backend: str, autocast: bool):
-    """Output and all parameter gradients of one forward/backward of DiM-S/2 with scan ``backend``."""
-    set_scan_backend(model, backend)
-    model.zero_grad(set_to_none=True)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(4, 3, 32, 32, device="cuda", generator=g)
-    t = torch.rand(4, device="cuda", generator=g) * 999
-    grad_out = torch.randn(4, 3, 32, 32, device="cuda", generator=g)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        out = model(x, t)
-    out.float().backward(grad_out)
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach().float(), grads
 
 
 def test_full_dim_s2_cuda_matches_torch_backend_fp32(dim_s2):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from gpu_numerics import rel_err
+from gpu_numerics import forward_backward, rel_err
 
 from dimlab.models.mamba import Mamba, set_scan_backend
 from dimlab.models.presets import build_backbone
@@ -125,19 +125,6 @@ def test_triton_mixer_matches_torch_mixer(d_model, autocast):
         assert rel_err(grad_t, grad_r) < (3 * tol if autocast else tol)
 
 
-def dim_s2_forward_backward(model, backend, autocast):
-    set_scan_backend(model, backend)
-    model.zero_grad(set_to_none=True)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(4, 3, 32, 32, device="cuda", generator=g)
-    t = torch.rand(4, device="cuda", generator=g) * 999
-    grad_out = torch.randn(4, 3, 32, 32, device="cuda", generator=g)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-        out = model(x, t)
-    out.float().backward(grad_out)
-    return out.detach().float(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
-
-
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_full_dim_s2_triton_matches_torch(autocast):
     torch.manual_seed(0)
@@ -145,8 +132,8 @@ def test_full_dim_s2_triton_matches_torch(autocast):
         model = build_backbone("dim_s2")
     with torch.no_grad():
         model.pos_embed.normal_(std=0.02)
-    truth_out, truth_grads = dim_s2_forward_backward(model, "torch", autocast=False)
-    out, grads = dim_s2_forward_backward(model, "triton", autocast=autocast)
+    truth_out, truth_grads = forward_backward(model, "torch", autocast=False)
+    out, grads = forward_backward(model, "triton", autocast=autocast)
     flat = torch.cat([grads[n].flatten() for n in truth_grads])
     flat_truth = torch.cat([truth_grads[n].flatten() for n in truth_grads])
     if autocast:  # bf16 activations through 25 blocks: judged against the fp32 pass, as the cuda backend is

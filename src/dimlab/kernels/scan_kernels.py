@@ -134,6 +134,15 @@ def _step_dt(dr, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
+def _advance(h, a2, dt, dtu, brow, N: tl.constexpr):
+    """One step of the recurrence for a tuple of N states: exp2(dt * A2) h + dt u B."""
+    hn = ()
+    for n in tl.static_range(N):
+        hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
+    return hn
+
+
+@triton.jit
 def _warp_reduce_scatter(vals, lane, P: tl.constexpr, LEVELS: tl.constexpr):
     """Sum each of P [32] vectors over lanes, with P/2 + P/4 + ... shuffles rather than LEVELS x P.
 
@@ -246,8 +255,7 @@ def scan_fwd_kernel(
         dtu = dt * u
         hn = ()
         if STATE_ONLY:
-            for n in tl.static_range(N):
-                hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
+            hn = _advance(h, a2, dt, dtu, brow, N)
             dsum += dt
         else:
             crow = _load_row(c_base + t * s_ct, s_cn, e, emask[:, None], N, NV)
@@ -352,6 +360,20 @@ def _row(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, LPC: tl
 
 
 @triton.jit
+def _recompute_step(h, a2, bias, u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH: tl.constexpr, NV: tl.constexpr,
+                    LPC: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
+    """The backward's forward recompute of one step (pointers at that step): (new state, u, dt, delta + bias).
+
+    Steps past the chunk (``valid`` false) get dt = 0, which leaves the state as it is.
+    """
+    u = _load_vec(u_ptr, valid)
+    dt, dr = _step_dt(_load_vec(dl_ptr, valid), bias, HAS_BIAS, SOFTPLUS)
+    dt = tl.where(valid, dt, 0.0)
+    brow = _row(b_ptr, s_bn, e, valid[:, None], NH, NV, nb, LPC)
+    return _advance(h, a2, dt, dt * u, brow, NH), u, dt, dr
+
+
+@triton.jit
 def scan_bwd_kernel(
     u_ptr, dl_ptr, a2_ptr, b_ptr, c_ptr, d_ptr, z_ptr, bias_ptr, g_ptr,
     states_ptr, lamin_ptr, scratch_ptr,
@@ -421,16 +443,10 @@ def scan_bwd_kernel(
                 _store_state(scratch + j * NH * BE, BE, 0, emask, h, NH)
                 for k in range(T_SUB):  # a run-time loop: unrolling it would only lengthen compilation
                     t = t_c + j * T_SUB + k
-                    valid = emask & (t < t_ce)
-                    u = _load_vec(u_base + t * s_ut, valid)
-                    dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, valid), bias, HAS_BIAS, SOFTPLUS)
-                    dt = tl.where(valid, dt, 0.0)
-                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC)
-                    dtu = dt * u
-                    hn = ()
-                    for n in tl.static_range(NH):
-                        hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
-                    h = hn
+                    h, _u, _dt, _dr = _recompute_step(
+                        h, a2, bias, u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
+                        emask & (t < t_ce), nb, NH, NV, LPC, HAS_BIAS, SOFTPLUS,
+                    )  # fmt: skip
         # level 2: sub-chunks last first; states in registers, adjoint backwards
         for jj in range(NSUB):
             j = NSUB - 1 - jj
@@ -444,16 +460,10 @@ def scan_bwd_kernel(
                 drs = ()
                 for k in tl.static_range(T_SUB):
                     t = t_s + k
-                    valid = emask & (t < t_ce)
-                    u = _load_vec(u_base + t * s_ut, valid)
-                    dt, dr = _step_dt(_load_vec(dl_base + t * s_dt, valid), bias, HAS_BIAS, SOFTPLUS)
-                    dt = tl.where(valid, dt, 0.0)
-                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC)
-                    dtu = dt * u
-                    hn = ()
-                    for n in tl.static_range(NH):
-                        hn = hn + (tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n],)
-                    h = hn
+                    h, u, dt, dr = _recompute_step(
+                        h, a2, bias, u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
+                        emask & (t < t_ce), nb, NH, NV, LPC, HAS_BIAS, SOFTPLUS,
+                    )  # fmt: skip
                     hs = hs + (h,)
                     us = us + (u,)
                     dts = dts + (dt,)
