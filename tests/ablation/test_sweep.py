@@ -17,7 +17,9 @@ from dimlab.commands.fit import DimlabCLI
 from dimlab.models.dim import DiM
 from tiny_models import tiny_dim
 
-from .conftest import TINY_DIM
+from .conftest import TINY_DIM, tiny_experiment
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 PREFIX = "model.backbone.init_args."
 AXES = {
@@ -52,7 +54,8 @@ def test_sweep_file_structure(sweep_matrix, tmp_path, experiment, monkeypatch):
     sweep = yaml.safe_load(out.read_text())
     assert sweep["method"] == "grid"
     assert sweep["project"] == "dimlab-test"
-    assert sweep["metric"] == {"name": "fid/fid", "goal": "minimize"}
+    # no `dimlab fit` run of this matrix logs fid/fid (it has no FID callback): the sweep takes the training loss
+    assert sweep["metric"] == {"name": "train/loss", "goal": "minimize"}
     assert sweep["command"] == [
         "${env}",
         "python",
@@ -127,3 +130,66 @@ def test_agent_arguments_build_the_intended_backbone(sweep_matrix, tmp_path, mon
     assert cli.trainer.max_steps == 5
     assert isinstance(cli.trainer.logger, WandbLogger)
     assert Path(cli.trainer.default_root_dir) == tmp_path / "out" / "sweep" / f"run{combo}"
+
+
+def test_the_digits_sweep_optimises_what_its_runs_log_and_says_what_it_cannot(tmp_path):
+    """class_consistency is the scorer's (dimlab ablate runs it after training), an accuracy, never logged by fit."""
+    sweep, notes = build_sweep(load_matrix(REPO_ROOT / "ablations" / "digits.yaml", output_dir=tmp_path))
+    # validation is off (limit_val_batches: 0) and there is no FID callback: the training loss is what is logged
+    assert sweep["metric"] == {"name": "train/loss", "goal": "minimize"}
+    params = sweep["parameters"]
+    assert params["trainer.logger"] == {"value": "lightning.pytorch.loggers.WandbLogger"}, (
+        "a run with trainer.logger: false reports nothing to its sweep"
+    )
+    warnings = [n for n in notes if n.startswith("warning:")]
+    assert any("class_consistency" in w and "dimlab.demos.digits.score_checkpoint" in w for w in warnings), (
+        notes
+    )
+    assert any("trainer.logger" in w and "WandbLogger" in w for w in warnings), notes
+
+
+def test_the_cifar_sweep_optimises_its_fid_callback(tmp_path):
+    sweep, notes = build_sweep(load_matrix(REPO_ROOT / "ablations" / "cifar10.yaml", output_dir=tmp_path))
+    assert sweep["metric"] == {"name": "fid/10k_dpmpp50_cfg0", "goal": "minimize"}
+    assert not [n for n in notes if "fid/10k" in n and n.startswith("warning:")], notes
+
+
+def test_validation_loss_counts_only_when_validation_runs(write_matrix, tmp_path):
+    base = tiny_experiment()
+    base["trainer"]["check_val_every_n_epoch"] = None  # step-based validation, as every recipe
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "val.yaml").write_text(yaml.safe_dump(base))
+
+    def metric(**overrides):
+        matrix = load_matrix(
+            write_matrix(
+                {
+                    "base": "../experiments/val.yaml",
+                    "design": "full",
+                    "axes": {"long_skip": [True, False]},
+                    "overrides": {"trainer.max_steps": 100, **overrides},
+                    "metrics": ["val/loss_ema"],
+                }
+            )
+        )
+        return build_sweep(matrix)[0]["metric"]["name"]
+
+    on = {"data.val_shards": "unused/val-000000.tar", "trainer.limit_val_batches": 2}
+    assert metric(**on, **{"trainer.val_check_interval": 50}) == "val/loss_ema"
+    assert metric(**on, **{"trainer.val_check_interval": 500}) == "train/loss", (
+        "first validation after max_steps"
+    )
+    assert (
+        metric(**{**on, "trainer.limit_val_batches": 0}, **{"trainer.val_check_interval": 50}) == "train/loss"
+    )
+
+
+def test_the_sweep_metric_is_in_the_runs_logged_metrics(sweep_matrix, digit_shards, tmp_path, monkeypatch):
+    """What the emitter promises, checked on a real (2-step) fit run built from the agent's own arguments."""
+    monkeypatch.setenv("WANDB_RUN_ID", "logged")
+    sweep, _ = build_sweep(load_matrix(sweep_matrix))
+    choice = {k: spec["values"][0] for k, spec in sweep["parameters"].items() if "values" in spec}
+    shards = digit_shards(size=16, shard_size=40, workers=2)
+    argv = ["fit", *_agent_argv(sweep, choice), f"--data.train_shards={shards}", "--trainer.max_steps=2"]
+    cli = DimlabCLI(args=[*argv, "--trainer.logger=false", "--trainer.enable_progress_bar=false"])
+    assert sweep["metric"]["name"] in cli.trainer.callback_metrics

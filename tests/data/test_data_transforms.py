@@ -62,3 +62,12 @@ def test_uint8_to_signed_range():
     out = uint8_to_signed(torch.tensor([0, 255, 128], dtype=torch.uint8))
     assert out.dtype == torch.float32
     assert torch.allclose(out, torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]), atol=1e-6)
+
+
+def test_undecodable_bytes_say_what_they_are_not_where_they_are_in_memory():
+    """PIL names the in-memory buffer (``<_io.BytesIO object at 0x...>``); the message gives the bytes instead."""
+    with pytest.raises(
+        ValueError, match=r"not an image PIL can read \(12 bytes, starting b'\\x89PNG gar'\)"
+    ) as err:
+        decode_image(b"\x89PNG garbage", 3)
+    assert "object at 0x" not in str(err.value)

@@ -156,6 +156,7 @@ def test_corrupt_member_is_skipped_counted_and_logged(digits_dir, tmp_path, capl
         total = sum(len(b["y"]) for b in dm.val_dataloader())
     assert total == 179 and dm.skipped_samples == 1
     assert "val-000001.tar" in caplog.text and "val_00000041" in caplog.text
+    assert "png: not an image" in caplog.text and "object at 0x" not in caplog.text, caplog.text
 
     # a truncated shard: the samples before the cut are read, the broken tail is counted
     with open(data / "val-000002.tar", "r+b") as handle:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import webdataset as wds
 from PIL import Image
 
@@ -106,3 +107,64 @@ def test_imagefolder_errors(tmp_path):
     assert main(["imagefolder", str(tmp_path / "missing"), str(tmp_path / "out"), "--resolution", "256"]) == 2
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     assert main(["imagefolder", str(tmp_path / "empty"), str(tmp_path / "out2"), "--resolution", "256"]) == 2
+
+
+def _flat_tree(root, classes, per_class=2, size=(40, 30)):
+    rng = np.random.default_rng(2)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{name}_{i}.png")
+
+
+def test_an_empty_class_folder_is_refused_not_given_an_id(tmp_path, capsys):
+    """torchvision's ImageFolder raises too: the empty folder would take an id and shift every later class."""
+    src = tmp_path / "src"
+    _flat_tree(src, ["ant", "cat"])
+    (src / "bee").mkdir()  # sorts between the two, so it would take id 1 and move cat to 2
+    (src / "bee" / "readme.txt").write_text("not an image")
+    argv = ["imagefolder", str(src), str(tmp_path / "out"), "--resolution", "32"]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "bee" in err and "no image files" in err and "--class-map" in err, err
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+    # with explicit ids nothing shifts: the empty folder is only reported
+    class_map = tmp_path / "classes.txt"
+    class_map.write_text("ant\nbee\ncat\n")
+    assert main([*argv, "--class-map", str(class_map)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "bee" in err and "no image files" in err, err
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["splits"]["train"]["per_class"] == {"0": 2, "2": 2}
+
+
+def test_broken_symlinks_are_reported_as_skipped(tmp_path, capsys):
+    src = tmp_path / "src"
+    _flat_tree(src, ["ant", "cat"])
+    (src / "cat" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    assert main(["imagefolder", str(src), str(tmp_path / "out"), "--resolution", "32", "--workers", "1"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "cat/gone.jpg" in err and "broken symlink" in err, err
+    train = read_manifest(tmp_path / "out")["splits"]["train"]
+    assert train["samples"] == 4 and train["skipped"] == 1
+    (skipped,) = train["skipped_sources"]
+    assert skipped["source"].endswith("cat/gone.jpg") and "deleted.jpg" in skipped["reason"]
+
+
+def test_pixel_shards_take_any_resolution(tmp_path):
+    src = tmp_path / "src"
+    _flat_tree(src, ["ant", "cat"], size=(50, 40))
+    for resolution in (28, 100):
+        out = tmp_path / f"out{resolution}"
+        assert (
+            main(["imagefolder", str(src), str(out), "--resolution", str(resolution), "--format", "png"]) == 0
+        )
+        manifest = read_manifest(out)
+        assert manifest["resolution"] == resolution
+        shard = out / manifest["splits"]["train"]["shards"][0]["name"]
+        sample = next(iter(wds.DataPipeline(wds.SimpleShardList([str(shard)]), wds.tarfile_to_samples())))
+        assert decode_image(sample["png"], 3).shape == (resolution, resolution, 3)
+    with pytest.raises(SystemExit):
+        main(["imagefolder", str(src), str(tmp_path / "bad"), "--resolution", "0"])

@@ -168,3 +168,18 @@ def test_latent_shards_on_gpu_match_cpu(tmp_path, fake_cifar, tiny_vae_dir):
                 rtol=1e-2,
                 atol=1e-2,
             )
+
+
+def test_latents_need_a_resolution_the_vae_can_halve(tmp_path, tiny_vae_dir, capsys):
+    """Pixel shards take any size; the VAE's latent grid needs a multiple of its downsampling factor (2 here)."""
+    from PIL import Image
+
+    src = tmp_path / "src" / "only"
+    src.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.full((30, 30, 3), 40 * i, dtype=np.uint8)).save(src / f"{i}.png")
+    images = tmp_path / "images"
+    assert main(["imagefolder", str(src.parent), str(images), "--resolution", "27", "--workers", "1"]) == 0
+    assert main(["latents", str(images), str(tmp_path / "latents"), "--vae", str(tiny_vae_dir)]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    assert "resolution 27" in err and "multiple of 2" in err, err

@@ -174,3 +174,74 @@ def test_dimlab_sample_and_dimlab_fid_draw_the_same_first_images(tmp_path, rando
         assert np.array_equal(from_fid[..., 0], from_sample), (
             f"image {i} differs between dimlab fid and sample"
         )
+
+
+def _two_split_shards(folder, small_images):
+    """A shard folder as `dimlab shards` writes it: 6 train and 2 val images (3 per shard), with manifest.json."""
+    from dimlab.data.array_source import write_array_shards
+
+    hwc = small_images.permute(0, 2, 3, 1).numpy()
+    splits = {"train": (hwc[:6], np.arange(6) % 2), "val": (hwc[6:], np.arange(2) % 2)}
+    write_array_shards(
+        folder, splits, source="test", source_id="two-splits", class_names=["a", "b"], shard_size=3
+    )
+    return folder
+
+
+def test_ref_stats_of_a_shard_folder_use_its_train_split(
+    tmp_path, small_images, random_inception_weights, capsys
+):
+    folder = _two_split_shards(tmp_path / "shards", small_images)
+    capsys.readouterr()
+    ref = _ref_stats(tmp_path, folder, random_inception_weights)
+    stats = load_reference_stats(ref)
+    assert stats.count == 6, "only the train split (3 + 3 images), not train + val"
+    assert "train" in stats.source
+    out = " ".join(capsys.readouterr().out.split())
+    assert "split 'train'" in out and "6 images" in out, out
+
+    np.savez(tmp_path / "train.npz", small_images[:6].permute(0, 2, 3, 1).numpy())
+    direct = load_reference_stats(
+        _ref_stats(tmp_path / "direct", tmp_path / "train.npz", random_inception_weights)
+    )
+    np.testing.assert_allclose(stats.mu, direct.mu, rtol=1e-5, atol=1e-7)
+
+    val = load_reference_stats(
+        _ref_stats(tmp_path / "val", folder, random_inception_weights, ["--split", "val"])
+    )
+    assert val.count == 2 and "val" in val.source
+
+
+def test_ref_stats_refuse_an_unknown_split_or_a_folder_of_mixed_splits(
+    tmp_path, small_images, random_inception_weights, capsys
+):
+    folder = _two_split_shards(tmp_path / "shards", small_images)
+    w = ["--inception-weights", str(random_inception_weights), "--feature-dim", "64", "--no-progress"]
+    assert main(["ref-stats", str(folder), str(tmp_path / "a.npz"), "--split", "test", *w]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'test'" in err and "train" in err and "val" in err, err
+
+    bare = (
+        tmp_path / "bare"
+    )  # the same tars without their manifest: the file names still tell the splits apart
+    bare.mkdir()
+    for tar in folder.glob("*.tar"):
+        (bare / tar.name).write_bytes(tar.read_bytes())
+    assert main(["ref-stats", str(bare), str(tmp_path / "b.npz"), *w]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--split" in err and "train" in err and "val" in err, err
+    assert main(["ref-stats", str(bare), str(tmp_path / "c.npz"), "--split", "val", *w]) == 0
+    assert load_reference_stats(tmp_path / "c.npz").count == 2
+
+    np.savez(tmp_path / "x.npz", small_images.permute(0, 2, 3, 1).numpy())
+    assert main(["ref-stats", str(tmp_path / "x.npz"), str(tmp_path / "d.npz"), "--split", "val", *w]) == 2
+    assert "--split" in capsys.readouterr().err
+
+
+def test_ref_stats_progress_knows_its_total(tmp_path, small_images, random_inception_weights, capsys):
+    folder = _two_split_shards(tmp_path / "shards", small_images)
+    capsys.readouterr()
+    argv = ["ref-stats", str(folder), str(tmp_path / "ref.npz"), "--feature-dim", "64", "--batch-size", "4"]
+    assert main([*argv, "--inception-weights", str(random_inception_weights)]) == 0
+    captured = capsys.readouterr()
+    assert "6/6" in captured.out + captured.err, "the bar counts images against the manifest's total (ETA)"

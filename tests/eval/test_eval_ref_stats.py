@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from dimlab.eval.ref_stats import (
     center_crop_resize,
     compute_reference_stats,
     expand_shards,
+    find_reference_shards,
     iter_shard_images,
     load_reference_stats,
 )
@@ -150,3 +152,22 @@ def test_compute_rejects_float_or_wrong_size(inception64):
         )
     with pytest.raises(ValueError, match="at least 2"):
         compute_reference_stats([torch.zeros(1, 3, 8, 8, dtype=torch.uint8)], metric=inception64)
+
+
+def test_a_shard_folder_with_a_manifest_gives_one_split(tmp_path, hwc_images):
+    """`dimlab shards` folders hold train and val shards side by side: statistics use one split, train by default."""
+    from dimlab.data.array_source import write_array_shards
+
+    folder = tmp_path / "shards"
+    splits = {"train": (hwc_images[:5], np.zeros(5)), "val": (hwc_images[5:], np.zeros(3))}
+    write_array_shards(folder, splits, source="t", source_id="t", class_names=["a"], shard_size=2)
+    train = find_reference_shards(folder)
+    assert train.split == "train" and train.num_images == 5
+    assert [Path(u).name for u in train.urls] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert expand_shards(folder) == train.urls
+    assert find_reference_shards(folder, split="val").num_images == 3
+    assert torch.cat(list(iter_shard_images(folder, split="val"))).shape[0] == 3
+    pattern = find_reference_shards(str(folder / "val-*.tar"))
+    assert pattern.split is None and pattern.num_images == 3, "a pattern inside the folder is counted too"
+    with pytest.raises(ValueError, match="no split 'test'.*'train', 'val'"):
+        find_reference_shards(folder, split="test")

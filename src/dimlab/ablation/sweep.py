@@ -19,6 +19,13 @@ Use ``dimlab ablate`` for the exact design. The sweep is for spreading a factori
 Run-wide overrides become constant parameters (``{value: ...}``). The agent appends them as
 ``--key=value`` with Python formatting (``True``/``False``), which jsonargparse parses; ``null`` cannot be
 passed that way (it would arrive as the string ``None``), so it is rejected.
+
+A sweep only sees what its runs log to W&B, so: the sweep's ``metric`` is the first of the matrix's ``metrics``
+that a ``dimlab fit`` run with these settings logs (:mod:`dimlab.ablation.fit_metrics`), else the most
+informative metric it does log, with a warning (the digits matrix's ``class_consistency`` comes from its scorer,
+which only ``dimlab ablate`` runs); and ``trainer.logger`` is always a ``WandbLogger``, replacing (with a
+warning) any other logger or ``false`` from the matrix. Notes that start with ``warning:`` name what the sweep
+cannot do as the matrix asks.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ from typing import Any
 import yaml
 
 from dimlab.ablation.axes import BACKBONE_ARGS, BACKBONE_FLAGS
-from dimlab.ablation.matrix import AblationMatrix, MatrixError
+from dimlab.ablation.fit_metrics import TRAIN_LOSS, logged_metrics
+from dimlab.ablation.matrix import DEFAULT_WANDB_LOGGER, AblationMatrix, MatrixError
 
 
 def _flag_values(matrix: AblationMatrix) -> dict[str, list[Any]]:
@@ -47,9 +55,47 @@ def _flag_values(matrix: AblationMatrix) -> dict[str, list[Any]]:
     return {key: vals for key, vals in values.items() if vals}
 
 
-def _metric_goal(name: str) -> str:
-    # FID and losses go down; accuracies (the digits demo's class consistency) go up.
-    return "maximize" if "acc" in name.lower() else "minimize"
+def _sweep_metric(matrix: AblationMatrix, logged: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The sweep's ``metric`` (a matrix metric the runs log, else the best logged one) and warnings about it."""
+    chosen = next((name for name in matrix.metrics if name in logged), next(iter(logged)))
+    warnings = []
+    for name in matrix.metrics:
+        if name in logged:
+            break
+        origin = (
+            f"it comes from the matrix scorer {matrix.scorer.callable}, which only `dimlab ablate` runs, after training"
+            if matrix.scorer is not None
+            else f"a run with these settings logs {', '.join(logged)}"
+        )
+        proxy = (
+            " (the last logged step's loss, a rough proxy: an FIDCallback in the overrides gives a quality metric)"
+            if chosen == TRAIN_LOSS
+            else ""
+        )
+        warnings.append(
+            f"warning: metric {name!r} is not logged by the sweep's `dimlab fit` runs ({origin}); "
+            f"the sweep's metric is {chosen} ({logged[chosen]}) instead{proxy}"
+        )
+    return {"name": chosen, "goal": logged[chosen]}, warnings
+
+
+def _is_wandb_logger(value: Any) -> bool:
+    target = value.get("class_path") if isinstance(value, dict) else value
+    return isinstance(target, str) and target.rsplit(".", 1)[-1] == "WandbLogger"
+
+
+def _sweep_logger(matrix: AblationMatrix, constants: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The run's ``trainer.logger``: a WandbLogger whatever the matrix says, since the sweep reads W&B only."""
+    current = constants.get("trainer.logger")
+    if _is_wandb_logger(current):
+        return current, []
+    logger = matrix.wandb.logger_class if matrix.wandb is not None else DEFAULT_WANDB_LOGGER
+    if "trainer.logger" not in constants:
+        return logger, []
+    return logger, [
+        f"warning: trainer.logger: {json.dumps(current)} from the matrix overrides is replaced by {logger}: a sweep run "
+        "reports its metric to the sweep only through W&B"
+    ]
 
 
 def _command_path(path: Path) -> str:
@@ -64,7 +110,8 @@ def build_sweep(
 ) -> tuple[dict[str, Any], list[str]]:
     """The sweep configuration (a dict for ``wandb.sweep`` or ``wandb sweep file.yaml``) and notes to show the user.
 
-    ``extra`` holds ``--set`` overrides; they win over the matrix's ``overrides`` as in a normal run.
+    ``extra`` holds ``--set`` overrides; they win over the matrix's ``overrides`` as in a normal run. Notes that
+    start with ``warning:`` say where the sweep departs from the matrix (its metric, its logger).
     """
     flags = _flag_values(matrix)
     constants = {**matrix.overrides, **(extra or {})}
@@ -80,9 +127,9 @@ def build_sweep(
     run_dir = f"{matrix.output_dir.as_posix()}/sweep/${{oc.env:WANDB_RUN_ID}}"
     if "trainer.default_root_dir" not in parameters:
         parameters["config"] = {"value": json.dumps({"trainer": {"default_root_dir": run_dir}})}
-    if matrix.wandb is not None and "trainer.logger" not in parameters:
-        # The run joins the sweep through the agent's WANDB_SWEEP_ID / WANDB_RUN_ID environment.
-        parameters["trainer.logger"] = {"value": matrix.wandb.logger_class}
+    # The run joins the sweep through the agent's WANDB_SWEEP_ID / WANDB_RUN_ID environment.
+    logger, warnings = _sweep_logger(matrix, constants)
+    parameters["trainer.logger"] = {"value": logger}
     for key, values in flags.items():
         parameters[key] = {"values": values}
 
@@ -91,8 +138,8 @@ def build_sweep(
         sweep["project"] = matrix.wandb.project
         if matrix.wandb.entity:
             sweep["entity"] = matrix.wandb.entity
-    if matrix.metrics:
-        sweep["metric"] = {"name": matrix.metrics[0], "goal": _metric_goal(matrix.metrics[0])}
+    sweep["metric"], metric_warnings = _sweep_metric(matrix, logged_metrics(matrix.base, constants))
+    warnings += metric_warnings
     sweep["parameters"] = parameters
     sweep["command"] = [
         "${env}",
@@ -120,7 +167,9 @@ def build_sweep(
         notes.append(
             f"extra rows not in the sweep (run them with `dimlab ablate --only`): {', '.join(skipped)}"
         )
-    return sweep, notes
+    if matrix.wandb is None:
+        notes.append("no wandb: section in the matrix: the sweep goes to your default W&B entity and project")
+    return sweep, notes + warnings
 
 
 def write_sweep(sweep: dict[str, Any], path: Path) -> Path:

@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.emit_sweep is not None:
             sweep, notes = build_sweep(matrix, extra)
             write_sweep(sweep, args.emit_sweep)
-            console.print(f"wrote {args.emit_sweep}: " + "; ".join(notes))
+            metric = sweep["metric"]
+            console.print(f"wrote {args.emit_sweep} (metric {metric['name']}, {metric['goal']})")
+            for note in notes:
+                console.print(f"[yellow]{note}[/yellow]" if note.startswith("warning:") else f"  {note}")
             console.print(
                 f"start it with: wandb sweep {args.emit_sweep}  then  wandb agent <entity/project/id>"
             )

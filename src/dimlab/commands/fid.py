@@ -4,7 +4,7 @@ reference statistics.
     dimlab fid --ckpt last.ckpt --num-samples 50000 --ref fid_stats_imagenet256_guided_diffusion.npz \\
         --cfg-scale 0.4 --steps 50 --devices 8 --out fid.json
     dimlab fid --images samples/ --ref stats.npz --out fid.json
-    dimlab fid ref-stats 'data/cifar10-train-{000000..000004}.tar' cifar10_train_stats.npz
+    dimlab fid ref-stats data/cifar10 cifar10_train_stats.npz     # the train split of a `dimlab shards` folder
 
 Several devices are driven by Lightning Fabric (``--strategy ddp_spawn`` by default: one process per device,
 gloo on CPU, NCCL on GPU; ``ddp_fork`` starts faster on Linux CPU; ``ddp`` re-runs the command line); the
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from lightning.fabric import Fabric
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from dimlab.commands.options import add_fast_eval_arguments
+from dimlab.data.writers import make_progress
 from dimlab.eval.images import open_image_source
 from dimlab.eval.inception import (
     FEATURE_DIMS,
@@ -39,9 +39,10 @@ from dimlab.eval.inception import (
     weights_sha256,
 )
 from dimlab.eval.ref_stats import (
+    DEFAULT_SPLIT,
     ReferenceStats,
     compute_reference_stats,
-    expand_shards,
+    find_reference_shards,
     iter_shard_images,
     load_reference_stats,
 )
@@ -128,6 +129,10 @@ def build_ref_stats_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help="shards (directory, glob or {000..009} pattern), image folder or .npz")
     p.add_argument("out", type=Path, help="output .npz (mu, sigma, count, resolution, source)")
+    p.add_argument(
+        "--split",
+        help=f"split of a shard folder: from its manifest.json (default {DEFAULT_SPLIT}), or NAME-*.tar without one",
+    )
     p.add_argument(
         "--resolution", type=int, help="centre-crop + resize shard images to this size (ADM style)"
     )
@@ -374,22 +379,40 @@ def _print_table(report: dict) -> None:
 # ------------------------------------------------------------------------------------------- ref-stats
 
 
-def _reference_batches(args):
-    """uint8 batches from shards, an image folder or an .npz, plus a description of the source."""
+def _reference_batches(args, console: Console):
+    """uint8 batches from shards, an image folder or an .npz, their description and image count (None: unknown).
+
+    Says what will be read (the split and image count of shards) before the first image is decoded.
+    """
     source = Path(args.source)
     is_images = source.suffix == ".npz" or (source.is_dir() and not any(source.glob("*.tar")))
     if is_images:
+        if args.split is not None:
+            raise ValueError(f"--split {args.split!r} picks a split of a shard folder; {source} holds images")
         images = open_image_source(source)
-        total = len(images) if args.max_images is None else min(args.max_images, len(images))
+        total = _capped(len(images), args.max_images)
 
         def batches():
             for lo in range(0, total, args.batch_size):
                 yield images.batch(range(lo, min(lo + args.batch_size, total)))
 
-        return batches(), images.description
+        console.print(f"reading {total} images from {images.description}")
+        return batches(), images.description, total
 
-    urls = expand_shards(args.source)  # fail early on missing shards
-    return iter_shard_images(urls, args.resolution, args.batch_size, args.num_workers), args.source
+    found = find_reference_shards(args.source, args.split)  # fails early on missing shards or splits
+    description = args.source if found.split is None else f"{args.source} (split {found.split})"
+    split = "" if found.split is None else f"split {found.split!r} of "
+    count = "an unknown number of images" if found.num_images is None else f"{found.num_images} images"
+    total = _capped(found.num_images, args.max_images)
+    used = "" if total == found.num_images else f", using the first {total} (--max-images)"
+    console.print(f"reading {split}{args.source}: {count} in {len(found.urls)} shard(s){used}")
+    batches = iter_shard_images(found.urls, args.resolution, args.batch_size, args.num_workers)
+    return batches, description, total
+
+
+def _capped(count: int | None, max_images: int | None) -> int | None:
+    known = [n for n in (count, max_images) if n is not None]
+    return min(known) if known else None
 
 
 def _ref_stats_main(args) -> int:
@@ -398,28 +421,24 @@ def _ref_stats_main(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     weights = resolve_inception_weights(args.inception_weights, download=args.download_inception)
-    batches, description = _reference_batches(args)
+    console = Console()
+    batches, description, total = _reference_batches(args, console)
 
     metric = build_fid_metric(weights, feature=args.feature_dim, device=args.device)
-    stats = compute_reference_stats(
-        _with_progress(batches, not args.no_progress),
-        metric=metric,
-        resolution=args.resolution,
-        source=description,
-        max_images=args.max_images,
-    )
+    with make_progress(console, disable=args.no_progress) as progress:
+        task = progress.add_task("reference images", total=total)
+        stats = compute_reference_stats(
+            batches,
+            metric=metric,
+            resolution=args.resolution,
+            source=description,
+            max_images=args.max_images,
+            on_batch=lambda n: progress.advance(task, n),
+        )
     stats.save(args.out)
 
-    Console().print(
+    console.print(
         f"[bold]reference statistics[/bold] of {stats.count} images from {description} -> {args.out} "
         f"(resolution {stats.resolution or 'as stored'}, inception sha256 {weights_sha256(weights)[:12]}…)"
     )
     return 0
-
-
-def _with_progress(batches, enabled: bool):
-    with Progress(disable=not enabled) as progress:
-        task = progress.add_task("reference features", total=None)
-        for batch in batches:
-            yield batch
-            progress.advance(task, len(batch))

@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     folder.add_argument("src", help="SRC/<class>/<image> or SRC/{train,val,...}/<class>/<image>")
     folder.add_argument("out", help="output directory")
-    folder.add_argument("--resolution", type=int, choices=(256, 512), required=True)
+    folder.add_argument(
+        "--resolution",
+        type=_positive_int,
+        required=True,
+        help="side of the square crops in pixels, e.g. 256 or 512 (latent shards need a multiple of 8)",
+    )
     folder.add_argument(
         "--shard-size", type=_positive_int, default=1000, help="images per shard (default 1000)"
     )
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 class_map=args.class_map,
                 split=args.split,
                 seed=args.seed,
+                console=console,
             )
         elif args.source == "cifar10":
             write_cifar10_shards(args.out, args.archive, shard_size=args.shard_size, workers=args.workers)

@@ -3,6 +3,9 @@
 Layouts: ``SRC/<class>/<image>`` is one split (``train`` unless ``split`` is given); ``SRC/<split>/<class>/
 <image>`` with split folders named train / val / validation / test gives one shard set per split. Class ids
 come from the sorted class folder names of the first split (torchvision ImageFolder order) or a class map.
+As in torchvision, a class folder without image files is refused when the ids come from the folder names (it would
+take an id and shift every later class); with a class map it is only reported. Broken symlinks are kept in the file
+list so that they are reported and recorded as skipped like any other unreadable file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from rich.console import Console
 
 from dimlab.data.transforms import IMAGE_EXTENSIONS, adm_center_crop, encode_image
 from dimlab.data.writers import ShardJob, ShardSink, fingerprint, plan_jobs, sample_key, write_shards
@@ -58,18 +62,52 @@ def find_split_roots(src: Path, split: str | None = None) -> dict[str, Path]:
     return roots or {"train": src}
 
 
-def list_images(root: Path, class_ids: dict[str, int]) -> list[tuple[str, int]]:
-    """Sorted ``(relative path, class id)`` for every image file under ``root/<class>/``."""
-    items = []
-    for class_dir in sorted(path for path in root.iterdir() if path.is_dir()):
+def class_folders(root: Path) -> list[Path]:
+    """The class folders directly under ``root``, sorted by name (torchvision ImageFolder order)."""
+    return sorted(path for path in root.iterdir() if path.is_dir())
+
+
+def _is_broken_symlink(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def list_images(root: Path, class_ids: dict[str, int]) -> tuple[list[tuple[str, int]], list[Path]]:
+    """Sorted ``(relative path, class id)`` for every image file (or broken symlink named like one) under
+    ``root/<class>/``, and the class folders that hold no readable image file."""
+    items, empty = [], []
+    for class_dir in class_folders(root):
         if class_dir.name not in class_ids:
             raise ValueError(
                 f"{class_dir}: class folder not in the class map (known: {len(class_ids)} classes)"
             )
+        readable = 0
         for path in sorted(class_dir.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                items.append((str(path.relative_to(root)), class_ids[class_dir.name]))
-    return items
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_file():
+                readable += 1
+            elif not _is_broken_symlink(path):
+                continue
+            items.append((str(path.relative_to(root)), class_ids[class_dir.name]))
+        if readable == 0:
+            empty.append(class_dir)
+    return items, empty
+
+
+def _check_empty_classes(empty: list[Path], ids_from_folders: bool, console: Console) -> None:
+    """Refuse class folders without images when they define class ids; otherwise report them."""
+    if not empty:
+        return
+    names = ", ".join(str(folder) for folder in empty)
+    if ids_from_folders:
+        raise ValueError(
+            f"{names}: class folder(s) with no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); class ids are the "
+            "sorted folder names, so each would take an id and shift the later classes. Remove them, or pass "
+            "--class-map to fix the ids"
+        )
+    console.print(
+        f"[yellow]warning:[/] {names}: class folder(s) with no image files; their classes get no samples"
+    )
 
 
 def build_imagefolder_shard(
@@ -86,6 +124,9 @@ def build_imagefolder_shard(
     extension = IMAGE_EXTENSIONS[image_format]
     for offset, (relative_path, label) in enumerate(items):
         path = os.path.join(roots[job.split], relative_path)
+        if _is_broken_symlink(Path(path)):
+            sink.skip(path, f"broken symlink to {os.readlink(path)}")
+            continue
         try:
             with Image.open(path) as image:
                 rgb = image.convert("RGB")
@@ -110,24 +151,31 @@ def write_imagefolder_shards(
     class_map: str | os.PathLike | None = None,
     split: str | None = None,
     seed: int = 0,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Write ``{split}-*.tar`` shards of ``resolution`` px centre crops; returns the manifest.
 
     Each split's file list is shuffled with ``seed`` before cutting shards so every shard mixes classes
     (resampled training reads whole shards, so class-sorted shards would give class-biased batches).
+    Warnings and skipped files go to ``console`` (default: stderr).
     """
+    if resolution < 1:
+        raise ValueError(f"--resolution {resolution}: expected a positive number of pixels")
     src = Path(src)
+    console = console or Console(stderr=True)
     roots = find_split_roots(src, split)
     if class_map is not None:
         class_ids = read_class_map(class_map)
     else:
         first_root = next(iter(roots.values()))
-        class_ids = {p.name: i for i, p in enumerate(sorted(p for p in first_root.iterdir() if p.is_dir()))}
+        class_ids = {p.name: i for i, p in enumerate(class_folders(first_root))}
     if not class_ids:
         raise ValueError(f"{src}: no class folders found (expected SRC/<class>/<images>)")
     items = {}
-    for split_name, root in roots.items():
-        split_items = list_images(root, class_ids)
+    for index, (split_name, root) in enumerate(roots.items()):
+        split_items, empty = list_images(root, class_ids)
+        # ids come from the first split's folders: an empty one there shifts ids, elsewhere it only lacks images
+        _check_empty_classes(empty, ids_from_folders=class_map is None and index == 0, console=console)
         if not split_items:
             raise ValueError(f"{root}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
         random.Random(seed).shuffle(split_items)
@@ -169,4 +217,5 @@ def write_imagefolder_shards(
         plan_hash=fingerprint(settings, identities),
         workers=workers,
         description=f"imagefolder {resolution}px shards",
+        console=console,
     )

@@ -127,7 +127,13 @@ def write_latent_shards(
             jobs.append(ShardJob(split, index, str(src_dir / shard["name"]), shard["samples"]))
             identities.append(shard["sha256"])
     vae = load_vae(vae_path, resolve_device(device), DTYPES[dtype])
-    latent_side = source["resolution"] // (2 ** (len(vae.config.block_out_channels) - 1))
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if source["resolution"] % factor:
+        raise ValueError(
+            f"{src_dir}: images at resolution {source['resolution']}; the VAE downsamples by {factor}, so latent "
+            f"shards need a multiple of {factor} (e.g. 256 or 512 for the SD VAE)"
+        )
+    latent_side = source["resolution"] // factor
     moments_shape = [2 * vae.config.latent_channels, latent_side, latent_side]
     manifest_fields = {
         "kind": "latents",

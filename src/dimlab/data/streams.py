@@ -142,7 +142,10 @@ class SampleDecoder:
         member = next((name for name in IMAGE_MEMBERS if name in sample), None)
         if member is None:
             raise ValueError(f"no image member (expected one of {IMAGE_MEMBERS})")
-        image = decode_image(sample[member], self.channels)
+        try:
+            image = decode_image(sample[member], self.channels)
+        except ValueError as exc:
+            raise ValueError(f"{member}: {exc}") from exc
         expected = (self.resolution, self.resolution, self.channels)
         if image.shape != expected:
             raise ValueError(f"image is {image.shape}, expected {expected} (H, W, C)")

@@ -12,7 +12,7 @@ import io
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 #: Shard member extension for each on-disk image format.
 IMAGE_EXTENSIONS = {"jpeg": "jpg", "png": "png"}
@@ -53,7 +53,14 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
     """Decode PNG/JPEG bytes to an (H, W, channels) uint8 array; ``channels`` is 1 (grey) or 3 (RGB)."""
     if channels not in (1, 3):
         raise ValueError(f"decode_image: channels must be 1 or 3, got {channels}")
-    with Image.open(io.BytesIO(data)) as image:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        # PIL's own message names the in-memory buffer (<_io.BytesIO object at 0x...>), which tells nobody anything
+        raise ValueError(
+            f"not an image PIL can read ({len(data)} bytes, starting {bytes(data[:8])!r})"
+        ) from None
+    with opened as image:
         image = image.convert("L" if channels == 1 else "RGB")
         array = np.asarray(image)
     return array[:, :, None] if channels == 1 else array

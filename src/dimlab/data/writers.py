@@ -184,8 +184,8 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def make_progress(console: Console | None = None) -> Progress:
-    """The rich progress bar used by every writer."""
+def make_progress(console: Console | None = None, disable: bool = False) -> Progress:
+    """The rich progress bar used by every writer (and ``dimlab fid ref-stats``): done / total, elapsed, ETA."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -194,6 +194,7 @@ def make_progress(console: Console | None = None) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=disable,
     )
 
 

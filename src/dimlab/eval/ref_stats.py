@@ -4,13 +4,16 @@ Our cache holds ``mu``, ``sigma``, ``count``, ``resolution`` and ``source``. pyt
 ``sigma`` only, e.g. U-ViT's ``fid_stats_imagenet256_guided_diffusion.npz``) load too, with unknown count.
 
 Shards are read with webdataset directly (an image under ``png``/``jpg``/``jpeg``/``webp``, the label under
-``cls`` is not needed), so this module does not depend on ``dimlab.data``'s training pipeline.
+``cls`` is not needed), so this module does not depend on ``dimlab.data``'s training pipeline. A shard folder
+written by ``dimlab shards`` (it has a ``manifest.json``) contributes one split, ``train`` unless another is
+asked for: statistics of the training images are what FID is reported against, and mixing in the held-out split
+would change them.
 """
 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,20 +23,26 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from dimlab.data.manifest import MANIFEST_NAME, read_manifest
+from dimlab.data.shards import ShardSet, resolve_shards
 from dimlab.eval.fid import GaussianStats, stats_from_metric
 from dimlab.eval.inception import build_fid_metric, resolve_inception_weights
 from dimlab.files import atomic_write
 
 __all__ = [
+    "DEFAULT_SPLIT",
+    "ReferenceShards",
     "ReferenceStats",
     "center_crop_resize",
     "compute_reference_stats",
     "expand_shards",
+    "find_reference_shards",
     "iter_shard_images",
     "load_reference_stats",
 ]
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
+DEFAULT_SPLIT = "train"
 
 
 @dataclass(frozen=True)
@@ -103,18 +112,80 @@ def load_reference_stats(path: str | Path) -> ReferenceStats:
         raise ValueError(f"{p}: {err}") from err
 
 
-def expand_shards(spec: str | Path | Iterable[str | Path]) -> list[str]:
-    """Shard paths from a directory (its ``*.tar``), a glob, a brace pattern (``a-{000..009}.tar``) or a list."""
+@dataclass(frozen=True)
+class ReferenceShards:
+    """The shards reference statistics are computed from: their paths, the split they hold (None when unknown,
+    e.g. an explicit list) and their image count according to their folder's manifest (None without one)."""
+
+    urls: list[str]
+    split: str | None = None
+    num_images: int | None = None
+
+
+def find_reference_shards(
+    spec: str | Path | Iterable[str | Path], split: str | None = None
+) -> ReferenceShards:
+    """Resolve a shard folder, glob, brace pattern (``a-{000..009}.tar``) or list to the shards to read.
+
+    A folder with a ``manifest.json`` gives its ``split`` (default ``train``); a folder without one gives its
+    ``{split}-*.tar``, or every ``*.tar`` when ``split`` is None and the names do not show several splits.
+    ``split`` only applies to folders.
+    """
+    folder = Path(spec) if isinstance(spec, str | Path) else None
+    if split is not None and (folder is None or not folder.is_dir()):
+        raise ValueError(f"--split {split!r} picks a split of a shard folder, but {spec} is not a folder")
+    if folder is not None and folder.is_dir():
+        if (folder / MANIFEST_NAME).is_file():
+            return _manifest_split(folder, split or DEFAULT_SPLIT)
+        return ReferenceShards(_folder_split(folder, split), split)
+    urls = _expand_pattern(spec)
+    folders = {Path(url).parent for url in urls}
+    manifest = None
+    if len(folders) == 1 and (next(iter(folders)) / MANIFEST_NAME).is_file():
+        manifest = read_manifest(next(iter(folders)))
+    return ReferenceShards(urls, None, ShardSet(urls, None, manifest).num_samples)
+
+
+def _manifest_split(folder: Path, split: str) -> ReferenceShards:
+    manifest = read_manifest(folder)
+    if manifest["kind"] != "images":
+        raise ValueError(
+            f"{folder / MANIFEST_NAME}: kind {manifest['kind']!r}; reference statistics need image shards"
+        )
+    if split not in manifest["splits"]:
+        raise ValueError(
+            f"{folder / MANIFEST_NAME}: no split {split!r}; it has {sorted(manifest['splits'])} (choose with --split)"
+        )
+    shard_set = resolve_shards(str(folder), option="shards", default_splits=(split,))
+    return ReferenceShards(shard_set.urls, split, shard_set.num_samples)
+
+
+def _folder_split(folder: Path, split: str | None) -> list[str]:
+    pattern = "*.tar" if split is None else f"{split}-*.tar"
+    urls = sorted(str(p) for p in folder.glob(pattern))
+    if not urls:
+        raise FileNotFoundError(f"no shards found in {folder} (expected {pattern})")
+    prefixes = sorted({Path(url).name.rsplit("-", 1)[0] for url in urls if "-" in Path(url).name})
+    if split is None and len(prefixes) > 1:
+        raise ValueError(
+            f"{folder}: shards of several splits ({', '.join(prefixes)}) and no {MANIFEST_NAME}; pick one with "
+            "--split NAME (reads NAME-*.tar)"
+        )
+    return urls
+
+
+def expand_shards(spec: str | Path | Iterable[str | Path], split: str | None = None) -> list[str]:
+    """Shard paths from a folder, a glob, a brace pattern or a list (see :func:`find_reference_shards`)."""
+    return find_reference_shards(spec, split).urls
+
+
+def _expand_pattern(spec: str | Path | Iterable[str | Path]) -> list[str]:
     if not isinstance(spec, str | Path):
         urls = [str(s) for s in spec]
+    elif any(c in str(spec) for c in "*?["):
+        urls = sorted(glob.glob(str(spec)))
     else:
-        text = str(spec)
-        if Path(text).is_dir():
-            urls = sorted(str(p) for p in Path(text).glob("*.tar"))
-        elif any(c in text for c in "*?["):
-            urls = sorted(glob.glob(text))
-        else:
-            urls = list(braceexpand.braceexpand(text))
+        urls = list(braceexpand.braceexpand(str(spec)))
     if not urls:
         raise FileNotFoundError(
             f"no shards found for {spec!r} (expected a directory of .tar, a glob or a list)"
@@ -178,13 +249,15 @@ def iter_shard_images(
     resolution: int | None = None,
     batch_size: int = 50,
     num_workers: int = 0,
+    split: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield uint8 (B, 3, H, W) batches of the images in WebDataset shards, in shard order.
 
     With ``resolution`` each image is centre-cropped and resized ADM-style (:func:`center_crop_resize`);
-    without it all images must already share one size.
+    without it all images must already share one size. A shard folder gives one ``split``
+    (:func:`find_reference_shards`; ``train`` by default).
     """
-    urls = expand_shards(shards)
+    urls = expand_shards(shards, split)
     dataset = (
         wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)
         .decode("pil")
@@ -207,12 +280,14 @@ def compute_reference_stats(
     source: str = "",
     device: str | torch.device = "cpu",
     max_images: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> ReferenceStats:
     """Inception statistics of uint8 image batches (B, 3, H, W) (or single (3, H, W) images).
 
     ``metric`` is a ``FrechetInceptionDistance`` (built from ``inception_weights`` via
     :func:`dimlab.eval.inception.build_fid_metric` when omitted); its real-feature state is reset and used.
-    ``resolution`` is recorded (and checked against the images when given).
+    ``resolution`` is recorded (and checked against the images when given). ``on_batch(n)`` is called after
+    each batch with the number of images it added (for a progress bar).
     """
     if metric is None:
         metric = build_fid_metric(resolve_inception_weights(inception_weights), device=device)
@@ -235,6 +310,8 @@ def compute_reference_stats(
         if len(batch):
             metric.update(batch.to(metric.device), real=True)
             seen += len(batch)
+            if on_batch is not None:
+                on_batch(len(batch))
         if max_images is not None and seen >= max_images:
             break
     if seen < 2:

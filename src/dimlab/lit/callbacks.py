@@ -67,10 +67,11 @@ class RunSummary(L.Callback):
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps, sample a grid from the EMA weights and log it.
 
-    One row per class (the first ``max_classes``), ``per_class`` columns, fixed seeds (the rule of ``dimlab fid``,
-    :func:`dimlab.eval.split.sample_seeds`) so grids are comparable
-    across steps. The PNG goes to ``<default_root_dir>/samples/step_XXXXXXX.png`` and, with a W&B logger, to
-    ``samples/grid`` as an image.
+    One row per class (``classes`` in that order, else the first ``max_classes``), ``per_class`` columns, fixed
+    seeds (the rule of ``dimlab fid``, :func:`dimlab.eval.split.sample_seeds`) so grids are comparable across
+    steps. Unconditional models get ``len(classes)`` (or ``max_classes``) rows of unconditional samples. The PNG
+    goes to ``<default_root_dir>/samples/step_XXXXXXX.png`` and, with a W&B logger, to ``samples/grid`` as an
+    image. ``classes`` outside the model's range fail in ``setup``, before the first training step.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class SampleGrid(L.Callback):
         sampler: str = "dpm++",
         steps: int = 50,
         seed: int = 0,
+        classes: list[int] | None = None,
     ):
         self.every_n_steps = every_n_steps
         self.per_class = per_class
@@ -90,7 +92,26 @@ class SampleGrid(L.Callback):
         self.sampler = sampler
         self.steps = steps
         self.seed = seed
+        self.classes = None if classes is None else [int(c) for c in classes]
         self._last_step = -1
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Check ``classes`` against the model's class count."""
+        if self.classes is None or not pl_module.hparams.class_conditional:
+            return
+        for label in self.classes:
+            if not 0 <= label < pl_module.num_classes:
+                raise ValueError(
+                    f"SampleGrid.classes: {label} is outside [0, {pl_module.num_classes}), the model's class ids"
+                )
+
+    def labels(self, pl_module) -> list[int]:
+        """The grid's labels, row by row: ``per_class`` of each class."""
+        if self.classes is None:
+            return pl_module.grid_labels(self.per_class, self.max_classes)
+        if not pl_module.hparams.class_conditional:
+            return [pl_module.null_class] * (self.per_class * len(self.classes))
+        return [label for label in self.classes for _ in range(self.per_class)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -101,7 +122,7 @@ class SampleGrid(L.Callback):
 
     @rank_zero_only
     def log_grid(self, trainer, pl_module) -> Path:
-        labels = pl_module.grid_labels(self.per_class, self.max_classes)
+        labels = self.labels(pl_module)
         seeds = sample_seeds(self.seed, range(len(labels)))
         was_training = pl_module.training
         images = pl_module.sampler(use_ema=True).sample(
