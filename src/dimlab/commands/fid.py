@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from lightning.fabric import Fabric
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -201,6 +200,10 @@ def _score_main(args) -> int:
     class_counts = _load_class_counts(args.class_counts, args.labels) if args.ckpt is not None else None
     if args.images is not None:
         open_image_source(args.images, key=args.npz_key)  # fail early on a bad folder / npz
+
+    # Imported here, not at the top: Lightning takes seconds to import, and `dimlab fid --help`, `ref-stats` and
+    # every input check above run without it.
+    from lightning.fabric import Fabric
 
     strategy = args.strategy if args.devices > 1 else "auto"
     fabric = Fabric(accelerator=args.accelerator, devices=args.devices, strategy=strategy)
