@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from dimlab.commands.options import add_trust_argument
+from dimlab.errors import CheckpointFileError
 from dimlab.models.checkpoint import backbone_checkpoint, read_backbone_file, read_checkpoint
 from dimlab.models.official import (
     check_official_representable,
@@ -38,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-ema", action="store_true", help="with --reverse on a training checkpoint: use the raw weights"
     )
+    add_trust_argument(parser)
     return parser
 
 
@@ -48,28 +52,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     if args.reverse:
-        spec, weights = read_backbone_file(args.src, ema=not args.no_ema)
-        if spec["class_path"] != DIM_CLASS_PATH:
-            raise SystemExit(
-                f"{args.src} holds a {spec['class_path']}, only {DIM_CLASS_PATH} has an official form"
-            )
-        check_official_representable(spec["init_args"])
-        official = dimlab_to_official(weights)
-        torch.save(official, args.dst)
-        print(f"wrote official DiM state dict ({len(official)} tensors) to {args.dst}")
-        return 0
-    state_dict = read_checkpoint(args.src, "cpu")
-    if (
-        isinstance(state_dict, Mapping)
-        and "state_dict" in state_dict
-        and "additional_embed" not in state_dict
-    ):
-        state_dict = state_dict["state_dict"]
+        return _to_official(args)
+    state_dict = official_state_dict(
+        read_checkpoint(args.src, "cpu", trusted=args.trust_checkpoint), args.src
+    )
     pad_fill = None if args.pad_fill == "auto" else args.pad_fill
-    init_args, converted = convert_official_state_dict(state_dict, pad_fill=pad_fill)
+    try:
+        init_args, converted = convert_official_state_dict(state_dict, pad_fill=pad_fill)
+    except ValueError as err:
+        raise CheckpointFileError(f"{args.src}: {err}") from err
     torch.save(
         backbone_checkpoint(init_args, converted, source=f"official DiM checkpoint {args.src}"), args.dst
     )
     n_params = sum(t.numel() for t in converted.values())
     print(f"wrote dimlab backbone ({n_params:,} parameters, {init_args}) to {args.dst}")
+    return 0
+
+
+def official_state_dict(content: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    """The parameter tensors of a loaded official file: the file itself, or its ``state_dict`` entry.
+
+    CheckpointFileError naming ``path`` when it holds something else (a lone tensor, a list, ...).
+    """
+    if isinstance(content, Mapping) and "state_dict" in content and "additional_embed" not in content:
+        content = content["state_dict"]
+    if not isinstance(content, Mapping):
+        raise CheckpointFileError(
+            f"{path} holds a {type(content).__name__}; expected an official DiM state dict (a dict of "
+            "parameter tensors, as in nnet_ema.pth)"
+        )
+    not_tensors = sorted(str(k) for k, v in content.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointFileError(
+            f"{path}: entries {not_tensors[:5]} are not tensors; expected an official DiM state dict (a dict of "
+            "parameter tensors, as in nnet_ema.pth)"
+        )
+    return content
+
+
+def _to_official(args: argparse.Namespace) -> int:
+    spec, weights = read_backbone_file(args.src, ema=not args.no_ema, trusted=args.trust_checkpoint)
+    if spec["class_path"] != DIM_CLASS_PATH:
+        raise CheckpointFileError(
+            f"{args.src} holds a {spec['class_path']}, only {DIM_CLASS_PATH} has an official form"
+        )
+    try:
+        check_official_representable(spec["init_args"])
+        official = dimlab_to_official(weights)
+    except ValueError as err:
+        raise CheckpointFileError(f"{args.src}: {err}") from err
+    torch.save(official, args.dst)
+    print(f"wrote official DiM state dict ({len(official)} tensors) to {args.dst}")
     return 0

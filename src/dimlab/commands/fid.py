@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dimlab.commands.options import add_fast_eval_arguments
+from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
 from dimlab.eval.images import open_image_source
 from dimlab.eval.inception import (
     FEATURE_DIMS,
@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Use `dimlab fid ref-stats -h` to compute reference statistics.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", type=Path, help="dimlab training checkpoint to sample from")
+    src.add_argument(
+        "--ckpt",
+        type=Path,
+        help="dimlab training checkpoint or `dimlab convert-official` output to sample from",
+    )
     src.add_argument(
         "--images", type=Path, help="folder of PNG/JPEG images or .npz of uint8 N x H x W x 3 images"
     )
@@ -115,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_fast_eval_arguments(p)
+    add_trust_argument(p)
     return p
 
 
@@ -240,7 +245,9 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
             "world_size": world,
         }
 
-    sampler = load_sampler(args.ckpt, ema=not args.no_ema, device=fabric.device, vae_path=args.vae)
+    sampler = load_sampler(
+        args.ckpt, ema=not args.no_ema, device=fabric.device, vae_path=args.vae, trusted=args.trust_checkpoint
+    )
     labels = None
     if sampler.class_conditional:
         labels = official_labels(args.num_samples, sampler.num_classes, args.seed, args.labels, class_counts)

@@ -4,12 +4,19 @@
 ``main(argv) -> int`` of its own module, listed in :data:`SUBCOMMANDS`. A command's module, and with it torch or
 Lightning, is imported only once that command is chosen, so ``dimlab --help`` and ``dimlab sample --help`` start
 without Lightning (importing it takes seconds).
+
+Bad input (:class:`dimlab.errors.InputError`: a file or an argument that is not what was expected) ends a
+subcommand with one ``dimlab CMD: error: ...`` line on stderr and exit status 2; ``--debug`` (anywhere on its
+command line) or ``DIMLAB_DEBUG=1`` lets the exception through instead, traceback and all.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from dimlab.errors import InputError
 
 #: The LightningCLI subcommands (:class:`dimlab.commands.fit.DimlabCLI`), with one line of help each.
 LIGHTNING_COMMANDS = {
@@ -40,6 +47,9 @@ REMOVED_COMMANDS = {
     "(one device) or score them with `dimlab fid --ckpt CKPT ...` (several devices)",
 }
 
+#: Set (to anything but 0) to see the traceback of a bad-input error instead of one line; same as ``--debug``.
+DEBUG_ENV = "DIMLAB_DEBUG"
+
 DESCRIPTION = "dimlab: DiM / U-ViT diffusion experiments.\n\nOther commands: " + "; ".join(
     f"dimlab {name} ({text})" for name, (_, text) in SUBCOMMANDS.items()
 )
@@ -55,6 +65,7 @@ def command_list() -> str:
         "DiM / U-ViT diffusion experiments. Commands:",
         *(f"  {name:<{width}}  {text}" for name, text in rows),
         "",
+        f"Bad input ends with one error line and exit status 2; --debug or {DEBUG_ENV}=1 shows the traceback.",
         "`lightning` is the same command as `dimlab`.",
     ]
     return "\n".join(lines)
@@ -81,9 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         known = ", ".join([*LIGHTNING_COMMANDS, *SUBCOMMANDS])
         print(f"dimlab: error: unknown command {command!r}; expected one of {known}", file=sys.stderr)
         return 2
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     module = importlib.import_module(SUBCOMMANDS[command][0])
     _prepare_torch()
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main([a for a in argv[1:] if a != "--debug"]) or 0)
+    except InputError as err:
+        if debug:
+            raise
+        print(f"dimlab {command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _prepare_torch() -> None:
