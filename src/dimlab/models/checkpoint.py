@@ -4,7 +4,8 @@ Backbone file (written by ``dimlab convert-official``, read by :func:`load_backb
 
     {"dimlab_backbone": {"class_path": "dimlab.models.dim.DiM", "init_args": {...}},
      "backbone": <state dict>,
-     "source": "<where the weights came from>"}
+     "source": "<where the weights came from>",
+     "dimlab_diffusion": {...}}   # optional: how to sample it (dimlab.sampling.spec.DiffusionSpec)
 
 Lightning training checkpoints of dimlab's DiffusionModule carry the same ``dimlab_backbone`` entry, the raw
 weights under ``state_dict`` with the key prefix ``backbone.``, and the EMA weights (unprefixed) under

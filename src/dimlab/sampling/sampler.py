@@ -253,7 +253,8 @@ def load_sampler(
     if entry is None:
         raise CheckpointFileError(
             f"{path} has no sampling settings (no '{CHECKPOINT_KEY}' entry); expected a dimlab training checkpoint "
-            "or a backbone file written by `dimlab convert-official` (re-convert older files)"
+            "or a backbone file written by `dimlab convert-official` (re-convert it; for architectures of no "
+            "official recipe, with --schedule and --space)"
         )
     spec = DiffusionSpec.from_checkpoint(entry)
     backbone = instantiate_backbone(*backbone_from_checkpoint(ckpt, ema=ema, where=path)).to(device).eval()
