@@ -1,5 +1,8 @@
 """``dimlab sample``: images from a checkpoint as PNGs, a grid and optionally an ``.npz`` of uint8 images.
 
+A progress bar counts the images with the time left. The grid is padded; with ``--class-labels`` each row is one
+class.
+
 Seeds and random labels follow :func:`dimlab.eval.split.sample_seeds` and :func:`dimlab.eval.split.official_labels`,
 the rule ``dimlab fid`` uses, so both commands draw the same first images from one checkpoint and seed.
 """
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 
 from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
+from dimlab.commands.progress import SamplingProgress
 from dimlab.diffusion.samplers import SAMPLERS, check_sampler_settings
 from dimlab.errors import BadArgumentError
 from dimlab.eval.split import official_labels, sample_seeds
@@ -99,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae", default=None, help="VAE folder (overrides the one recorded in the checkpoint)")
     p.add_argument("--npz", action="store_true", help="also write samples.npz (uint8 NHWC, key arr_0)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_fast_eval_arguments(p)
     add_trust_argument(p)
     return p
@@ -145,25 +150,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chunks = []
-    for start in range(0, args.num, args.batch_size):
-        idx = list(range(start, min(args.num, start + args.batch_size)))
-        imgs = sampler.sample(
-            [labels[i] for i in idx],
-            sample_seeds(args.seed, idx),
-            cfg_scale=args.cfg_scale,
-            sampler=args.sampler,
-            steps=args.steps,
-            latent_shape=latent_shape,
-            model_fn_wrapper=wrapper,
-            skip_tune=args.skip_tune,
-            precision=args.precision,
-            cuda_graphs=args.cuda_graphs,
-        )
-        arr = to_uint8_hwc(imgs)
-        save_pngs(arr, out, idx)
-        chunks.append(arr)
+    with SamplingProgress(args.num, args.steps, enabled=not args.no_progress) as bar:
+        for start in range(0, args.num, args.batch_size):
+            idx = list(range(start, min(args.num, start + args.batch_size)))
+            imgs = sampler.sample(
+                [labels[i] for i in idx],
+                sample_seeds(args.seed, idx),
+                cfg_scale=args.cfg_scale,
+                sampler=args.sampler,
+                steps=args.steps,
+                latent_shape=latent_shape,
+                model_fn_wrapper=bar.counting(len(idx), wrapper),
+                skip_tune=args.skip_tune,
+                precision=args.precision,
+                cuda_graphs=args.cuda_graphs,
+            )
+            arr = to_uint8_hwc(imgs)
+            save_pngs(arr, out, idx)
+            chunks.append(arr)
+            bar.batch_done(idx[-1] + 1)
     images = np.concatenate(chunks)
-    save_grid(images, out / "grid.png", nrow=int(math.ceil(math.sqrt(args.num))))
+    # one row per class when the classes were chosen; a square grid of random (or no) labels otherwise
+    by_class = labels if sampler.class_conditional and args.class_labels else None
+    save_grid(images, out / "grid.png", nrow=int(math.ceil(math.sqrt(args.num))), labels=by_class)
     if args.npz:
         save_npz(images, out / "samples.npz")
     (out / "sample_args.json").write_text(json.dumps({**vars(args), "labels": labels}, indent=2))
