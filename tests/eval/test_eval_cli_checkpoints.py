@@ -15,9 +15,9 @@ from tiny_models import tiny_dim
 
 
 def _fid_argv(ckpt, ref, weights) -> list[str]:
-    argv = ["fid", "--ckpt", str(ckpt), "--num-samples", "4", "--ref", str(ref), "--steps", "3"]
+    argv = ["fid", "--ckpt", str(ckpt), "--num-samples", "4", "--ref", str(ref)]
     argv += ["--batch-size", "2", "--feature-dim", "64", "--inception-weights", str(weights)]
-    return [*argv, "--accelerator", "cpu", "--no-progress"]
+    return [*argv, "--accelerator", "cpu", "--no-progress", "--steps", "3"]
 
 
 def test_fid_refuses_a_crafted_checkpoint_unless_trusted(tmp_path, capsys, random_inception_weights):
@@ -45,3 +45,13 @@ def test_fid_scores_converted_official_weights_with_one_command(tmp_path, capsys
     report = json.loads(out.read_text())
     assert np.isfinite(report["fid"]) and report["num_samples"] == 4
     assert report["sampling"]["label_mode"] == "unconditional" and report["sampling"]["image_size"] == [8, 8]
+
+
+def test_fid_checks_the_sampler_settings_before_loading(tmp_path, capsys, random_inception_weights):
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, mu=np.zeros(64), sigma=np.eye(64))
+    missing = tmp_path / "never-read.ckpt"
+    missing.write_bytes(b"")
+    assert main([*_fid_argv(missing, ref, random_inception_weights), "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps 2 with --sampler dpm++" in err and "at least 3 steps" in err

@@ -28,6 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
+from dimlab.diffusion.samplers import check_sampler_settings
 from dimlab.eval.images import open_image_source
 from dimlab.eval.inception import (
     FEATURE_DIMS,
@@ -183,6 +184,10 @@ def _check_score_args(args) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.ckpt is not None:
+        try:  # before any model loads: e.g. dpm++ needs at least 3 steps
+            check_sampler_settings(args.sampler, args.steps)
+        except ValueError as err:
+            raise ValueError(f"--steps {args.steps} with --sampler {args.sampler}: {err}") from err
         if args.num_samples is None:
             raise ValueError("--ckpt needs --num-samples N (50000 for paper numbers)")
         if not args.ckpt.is_file():
