@@ -1,6 +1,6 @@
-"""``python -m dimlab`` is the same as the ``dimlab`` console script."""
+"""``python -m dimlab`` is the same as the ``dimlab`` console script (same exit status)."""
 
 from dimlab.commands.main import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dimlab.ablation.matrix import MatrixError
-from dimlab.lit.fid_callback import FIDCallback
 
 TRAIN_LOSS = "train/loss"
 VAL_LOSS = "val/loss_ema"
@@ -45,6 +44,10 @@ def _lookup(config: Mapping[str, Any], overrides: Mapping[str, Any], key: str, d
 def _fid_keys(callbacks: Any, max_steps: int | None) -> list[str]:
     """Keys of the FID callbacks among ``trainer.callbacks`` that evaluate at least once within ``max_steps``."""
     entries = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+    # Imported here, not at the top: FIDCallback brings Lightning, which `dimlab ablate --help` and the dry run
+    # must not pay for (start-up time, issue 18).
+    from dimlab.lit.fid_callback import FIDCallback
+
     keys = []
     for entry in entries:
         if not isinstance(entry, Mapping) or not str(entry.get("class_path", "")).endswith("FIDCallback"):

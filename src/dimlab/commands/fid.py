@@ -23,12 +23,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from lightning.fabric import Fabric
 from rich.console import Console
 from rich.table import Table
 
-from dimlab.commands.options import add_fast_eval_arguments
+from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
 from dimlab.data.writers import make_progress
+from dimlab.diffusion.samplers import check_sampler_settings
 from dimlab.eval.images import open_image_source
 from dimlab.eval.inception import (
     FEATURE_DIMS,
@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Use `dimlab fid ref-stats -h` to compute reference statistics.",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt", type=Path, help="dimlab training checkpoint to sample from")
+    src.add_argument(
+        "--ckpt",
+        type=Path,
+        help="dimlab training checkpoint or `dimlab convert-official` output to sample from",
+    )
     src.add_argument(
         "--images", type=Path, help="folder of PNG/JPEG images or .npz of uint8 N x H x W x 3 images"
     )
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_fast_eval_arguments(p)
+    add_trust_argument(p)
     return p
 
 
@@ -184,6 +189,10 @@ def _check_score_args(args) -> None:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.ckpt is not None:
+        try:  # before any model loads: e.g. dpm++ needs at least 3 steps
+            check_sampler_settings(args.sampler, args.steps)
+        except ValueError as err:
+            raise ValueError(f"--steps {args.steps} with --sampler {args.sampler}: {err}") from err
         if args.num_samples is None:
             raise ValueError("--ckpt needs --num-samples N (50000 for paper numbers)")
         if not args.ckpt.is_file():
@@ -206,6 +215,10 @@ def _score_main(args) -> int:
     class_counts = _load_class_counts(args.class_counts, args.labels) if args.ckpt is not None else None
     if args.images is not None:
         open_image_source(args.images, key=args.npz_key)  # fail early on a bad folder / npz
+
+    # Imported here, not at the top: Lightning takes seconds to import, and `dimlab fid --help`, `ref-stats` and
+    # every input check above run without it.
+    from lightning.fabric import Fabric
 
     strategy = args.strategy if args.devices > 1 else "auto"
     fabric = Fabric(accelerator=args.accelerator, devices=args.devices, strategy=strategy)
@@ -242,7 +255,9 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
             "world_size": world,
         }
 
-    sampler = load_sampler(args.ckpt, ema=not args.no_ema, device=fabric.device, vae_path=args.vae)
+    sampler = load_sampler(
+        args.ckpt, ema=not args.no_ema, device=fabric.device, vae_path=args.vae, trusted=args.trust_checkpoint
+    )
     labels = None
     if sampler.class_conditional:
         labels = official_labels(args.num_samples, sampler.num_classes, args.seed, args.labels, class_counts)

@@ -1,4 +1,4 @@
-"""``dimlab fit | validate | test | predict``: LightningCLI over the DiffusionModule and the ShardDataModule.
+"""``dimlab fit | validate | test``: LightningCLI over the DiffusionModule and the ShardDataModule.
 
 ``dimlab fit --config experiments/...yaml``; ``--print_config`` shows the resolved config and ``--key=value``
 overrides any entry.
@@ -45,6 +45,13 @@ class DimlabCLI(LightningCLI):
             },
         )
         super().__init__(DiffusionModule, ShardDataModule, *args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test; not ``predict``, which has nothing to run (``dimlab sample`` draws images)."""
+        commands = LightningCLI.subcommands()
+        del commands["predict"]
+        return commands
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

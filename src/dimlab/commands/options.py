@@ -20,3 +20,13 @@ def add_fast_eval_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replay each network evaluation from a CUDA graph (CUDA only; fastest at small batches)",
     )
+
+
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-checkpoint``: the explicit opt-in to unpickle arbitrary objects (every command that reads one)."""
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="also unpickle Python objects other than tensors and plain data; unpickling can run arbitrary "
+        "code, so only for files you trust (without it such files are refused)",
+    )

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 
 #: The scale of the SD VAE's latents (``0.18215 * z`` is what the diffusion models see).
 SD_LATENT_SCALE = 0.18215
@@ -48,6 +47,10 @@ def load_vae(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
         raise ValueError(
             f"VAE folder {folder} has no weights ({' or '.join(WEIGHT_FILES)}); expected {expected}"
         )
+    # Imported here, not at the top: diffusers' autoencoder stack takes ~2 s to import, and every command that
+    # imports this module (sample, fid, shards) also runs pixel-space models that never load a VAE.
+    from diffusers import AutoencoderKL
+
     vae = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
 

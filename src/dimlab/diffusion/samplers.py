@@ -23,11 +23,42 @@ from dimlab.diffusion.broadcast import per_sample
 from dimlab.diffusion.dpm_solver import SKIP_TYPES, DPMSolver
 from dimlab.diffusion.schedules import DiscreteSDSchedule, NoiseSchedule
 
-__all__ = ["SAMPLERS", "ddpm_sample", "ddpm_times", "euler_maruyama_sample", "sample"]
+__all__ = [
+    "SAMPLERS",
+    "check_sampler_settings",
+    "ddpm_sample",
+    "ddpm_times",
+    "euler_maruyama_sample",
+    "sample",
+]
 
 SAMPLERS: tuple[str, ...] = ("dpm++", "dpm", "ddpm", "euler_maruyama")
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_sampler_settings(
+    sampler: str, steps: int, order: int = 3, method: str = "fast", skip_type: str = "time_uniform"
+) -> None:
+    """ValueError, saying what would work, when :func:`sample` cannot run ``sampler`` with these settings.
+
+    Callers check before any model is loaded (``dimlab sample`` names the argument); :func:`sample` checks again.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if steps < 1:
+        raise ValueError(f"sample: steps must be >= 1, got {steps}")
+    if sampler in ("dpm++", "dpm"):
+        if order not in (1, 2, 3):
+            raise ValueError(f"sample: DPM-Solver order must be 1, 2 or 3, got {order}")
+        if skip_type not in SKIP_TYPES:
+            raise ValueError(f"sample: unknown skip_type {skip_type!r}; expected one of {SKIP_TYPES}")
+        if steps < order:
+            raise ValueError(
+                f"{sampler} (DPM-Solver, order {order}) needs at least {order} steps, got {steps}"
+            )
+        if method not in ("fast", "singlestep"):
+            raise ValueError(f"unknown DPM-Solver method {method!r}; expected 'fast' or 'singlestep'")
 
 
 def _maybe_track(items: list, progress: bool, description: str) -> Iterable:
@@ -159,15 +190,8 @@ def sample(
     always ends at ``t = 0`` and rejects ``t_end``. The DPM-Solvers return ``x`` at ``t_end`` (no final
     denoising), as the official evaluators do. Arithmetic runs in ``noise.dtype``.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
-    if steps < 1:
-        raise ValueError(f"sample: steps must be >= 1, got {steps}")
+    check_sampler_settings(sampler, steps, order, method, skip_type)
     if sampler in ("dpm++", "dpm"):
-        if order not in (1, 2, 3):
-            raise ValueError(f"sample: DPM-Solver order must be 1, 2 or 3, got {order}")
-        if skip_type not in SKIP_TYPES:
-            raise ValueError(f"sample: unknown skip_type {skip_type!r}; expected one of {SKIP_TYPES}")
         solver = DPMSolver(model_fn, schedule, predict_x0=(sampler == "dpm++"))
         return solver.sample(
             noise,

@@ -4,17 +4,18 @@ Backbone file (written by ``dimlab convert-official``, read by :func:`load_backb
 
     {"dimlab_backbone": {"class_path": "dimlab.models.dim.DiM", "init_args": {...}},
      "backbone": <state dict>,
-     "source": "<where the weights came from>"}
+     "source": "<where the weights came from>",
+     "dimlab_diffusion": {...}}   # optional: how to sample it (dimlab.sampling.spec.DiffusionSpec)
 
 Lightning training checkpoints of dimlab's DiffusionModule carry the same ``dimlab_backbone`` entry, the raw
 weights under ``state_dict`` with the key prefix ``backbone.``, and the EMA weights (unprefixed) under
-``ema_backbone``; :func:`load_backbone` reads both.
+``ema_backbone``; :func:`load_backbone` reads both. Files are read by
+:func:`dimlab.models.torch_files.read_checkpoint`: tensors and plain data only unless ``trusted=True``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from dimlab.errors import CheckpointFileError
 from dimlab.models.layers import resize_pos_embed
 from dimlab.models.presets import DIM_CLASS_PATH
 from dimlab.models.spec import build_from_spec
+from dimlab.models.torch_files import read_checkpoint
 
 __all__ = [
     "LoadReport",
@@ -53,25 +56,6 @@ def backbone_checkpoint(
     }
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load`` of a checkpoint file, tensors-only first (``weights_only=True``).
-
-    A file that holds other pickled Python objects (a Lightning checkpoint may) is loaded again with
-    ``weights_only=False`` and a warning: load only files you trust.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "holds Python objects"
-        warnings.warn(
-            f"{path} holds pickled Python objects besides tensors ({type(err).__name__}); loading it with "
-            "weights_only=False. Only load checkpoint files you trust.",
-            stacklevel=3,
-        )
-        return torch.load(path, map_location=map_location, weights_only=False)
-
-
 def backbone_from_checkpoint(
     ckpt: Any, ema: bool = True, where: str | Path = "the checkpoint"
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -81,13 +65,13 @@ def backbone_from_checkpoint(
     ``backbone.``-prefixed entries of ``state_dict``. ``where`` names the file in errors.
     """
     if not isinstance(ckpt, Mapping) or "dimlab_backbone" not in ckpt:
-        raise ValueError(
+        raise CheckpointFileError(
             f"{where} is not a dimlab backbone or training checkpoint (no 'dimlab_backbone' entry); "
             "convert official DiM files with `dimlab convert-official SRC.pth DST`"
         )
     spec = dict(ckpt["dimlab_backbone"])
     if "class_path" not in spec or "init_args" not in spec:
-        raise ValueError(
+        raise CheckpointFileError(
             f"{where}: 'dimlab_backbone' must hold 'class_path' and 'init_args', got {sorted(spec)}"
         )
     if "backbone" in ckpt:
@@ -98,17 +82,23 @@ def backbone_from_checkpoint(
         prefix = "backbone."
         weights = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
         if not weights:
-            raise ValueError(f"{where}: 'state_dict' has no keys starting with {prefix!r}")
+            raise CheckpointFileError(f"{where}: 'state_dict' has no keys starting with {prefix!r}")
     else:
-        raise ValueError(f"{where}: no weights found (expected 'backbone', 'ema_backbone' or 'state_dict')")
+        raise CheckpointFileError(
+            f"{where}: no weights found (expected 'backbone', 'ema_backbone' or 'state_dict')"
+        )
     return spec, weights
 
 
 def read_backbone_file(
-    path: str | Path, map_location: Any = "cpu", ema: bool = True
+    path: str | Path, map_location: Any = "cpu", ema: bool = True, trusted: bool = False
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(``dimlab_backbone`` spec, backbone state dict) of the backbone file or training checkpoint at ``path``."""
-    return backbone_from_checkpoint(read_checkpoint(path, map_location), ema=ema, where=path)
+    """(``dimlab_backbone`` spec, backbone state dict) of the backbone file or training checkpoint at ``path``.
+
+    ``trusted=True`` also unpickles Python objects other than tensors and plain data (see :func:`read_checkpoint`).
+    """
+    ckpt = read_checkpoint(path, map_location, trusted=trusted)
+    return backbone_from_checkpoint(ckpt, ema=ema, where=path)
 
 
 def instantiate_backbone(
@@ -135,14 +125,15 @@ def instantiate_backbone(
 
 
 def load_backbone(
-    path: str | Path, map_location: Any = "cpu", ema: bool = True, **overrides: Any
+    path: str | Path, map_location: Any = "cpu", ema: bool = True, trusted: bool = False, **overrides: Any
 ) -> nn.Module:
     """Build the backbone stored in ``path`` (backbone file or training checkpoint) and load its weights.
 
-    ``ema`` picks the EMA weights of a training checkpoint; ``overrides`` change constructor arguments (see
-    :func:`instantiate_backbone`).
+    ``ema`` picks the EMA weights of a training checkpoint; ``trusted=True`` lets the file hold arbitrary
+    pickled objects (only for files you trust, see :func:`read_checkpoint`); ``overrides`` change constructor
+    arguments (see :func:`instantiate_backbone`).
     """
-    spec, weights = read_backbone_file(path, map_location=map_location, ema=ema)
+    spec, weights = read_backbone_file(path, map_location=map_location, ema=ema, trusted=trusted)
     return instantiate_backbone(spec, weights, **overrides)
 
 

@@ -22,6 +22,7 @@ from dimlab.diffusion.samplers import sample as run_sampler
 from dimlab.diffusion.schedules import build_schedule
 from dimlab.diffusion.skip_tune import skip_tune_scales
 from dimlab.diffusion.upsample import upsample_guided_model_fn
+from dimlab.errors import BadArgumentError, CheckpointFileError
 from dimlab.models.checkpoint import backbone_from_checkpoint, instantiate_backbone, read_checkpoint
 from dimlab.sampling.spec import CHECKPOINT_KEY, DiffusionSpec
 
@@ -234,22 +235,26 @@ def upsample_factor(
 
 
 def load_sampler(
-    ckpt_path: str | Path, ema: bool = True, device: str | torch.device = "cpu", vae_path: str | None = None
+    ckpt_path: str | Path,
+    ema: bool = True,
+    device: str | torch.device = "cpu",
+    vae_path: str | None = None,
+    trusted: bool = False,
 ) -> Sampler:
-    """Build a :class:`Sampler` from a dimlab training checkpoint (EMA weights by default), reading the file once.
+    """Build a :class:`Sampler` from a dimlab training checkpoint or converted backbone file, reading it once.
 
-    The VAE folder recorded at training time is used unless ``vae_path`` overrides it (checkpoints move between
-    machines; VAE folders do not travel with them).
+    EMA weights by default. The VAE folder recorded in the file is used unless ``vae_path`` overrides it
+    (checkpoints move between machines; VAE folders do not travel with them). ``trusted=True`` lets the file
+    hold arbitrary pickled objects (only for files you trust, see :func:`dimlab.models.torch_files.read_checkpoint`).
     """
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, trusted=trusted)
     entry = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if entry is None:
-        raise ValueError(
-            f"{path} is not a dimlab training checkpoint (no '{CHECKPOINT_KEY}' entry); "
-            "converted official weights carry no sampler settings: load them with dimlab.load_backbone"
+        raise CheckpointFileError(
+            f"{path} has no sampling settings (no '{CHECKPOINT_KEY}' entry); expected a dimlab training checkpoint "
+            "or a backbone file written by `dimlab convert-official` (re-convert it; for architectures of no "
+            "official recipe, with --schedule and --space)"
         )
     spec = DiffusionSpec.from_checkpoint(entry)
     backbone = instantiate_backbone(*backbone_from_checkpoint(ckpt, ema=ema, where=path)).to(device).eval()
@@ -257,7 +262,10 @@ def load_sampler(
     if spec.latent_space:
         chosen_vae = vae_path or spec.vae_path
         if not chosen_vae:
-            raise ValueError(f"{path} was trained in latent space: pass the VAE folder (--vae PATH)")
+            raise BadArgumentError(
+                f"{path} is a latent-space model: pass its VAE folder with --vae PATH (vae_path= in Python; "
+                "a diffusers AutoencoderKL folder, e.g. sd-vae-ft-ema)"
+            )
         spec = dataclasses.replace(spec, vae_path=str(chosen_vae))
         vae = load_vae(chosen_vae, device=device)
     return Sampler(backbone, spec, vae)
