@@ -44,6 +44,8 @@ class DimlabCLI(LightningCLI):
                 ]
             },
         )
+        #: The process exit status of the subcommand: 0, or 128 + signal number after a pre-emption stop.
+        self.exit_code = 0
         super().__init__(DiffusionModule, ShardDataModule, *args, **kwargs)
 
     def before_instantiate_classes(self) -> None:
@@ -63,3 +65,9 @@ class DimlabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+
+    def after_fit(self) -> None:
+        """A pre-empted run exits with 128 + the signal number (after its checkpoint is saved), not 0."""
+        preemption = next((cb for cb in self.trainer.callbacks if isinstance(cb, PreemptionCheckpoint)), None)
+        if preemption is not None and preemption.stop_signal is not None:
+            self.exit_code = 128 + preemption.stop_signal.value

@@ -45,5 +45,5 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
     # Without explicit argv LightningCLI reads sys.argv itself (passing both makes it warn).
-    DimlabCLI(args=None if from_command_line else argv, description=DESCRIPTION)
-    return 0
+    cli = DimlabCLI(args=None if from_command_line else argv, description=DESCRIPTION)
+    return cli.exit_code

@@ -33,6 +33,7 @@ from dimlab.data.streams import (
     TrainStream,
     ValidationStream,
 )
+from dimlab.data.workers import ignore_main_process_signals, worker_context
 
 log = logging.getLogger("dimlab.data")
 
@@ -257,12 +258,16 @@ class ShardDataModule(L.LightningDataModule):
         return SampleDecoder(self.kind, self.resolution, self.channels, self.num_classes, moments_shape)
 
     def _loader(self, dataset) -> wds.WebLoader:
+        # Workers leave SIGTERM / SIGINT / SIGUSR1 to the main process (pre-emption signals the whole group).
+        workers = {}
+        if self.num_workers > 0:
+            workers = {
+                "persistent_workers": True,
+                "worker_init_fn": ignore_main_process_signals,
+                "multiprocessing_context": worker_context(),
+            }
         return wds.WebLoader(
-            dataset,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **workers
         )
 
     def train_dataloader(self) -> ResumableTrainLoader:
