@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichModelSummary, RichP
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from dimlab.commands.resume import NothingToResume, keep_checkpoints_under_root, resolve_ckpt_path
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.lit.callbacks import RunSummary
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
@@ -21,7 +22,9 @@ from dimlab.lit.wandb_config import WandbSaveConfigCallback
 class DimlabCLI(LightningCLI):
     """LightningCLI with dimlab's defaults.
 
-    A checkpoint callback that is always there (``checkpoint.*`` keys), atomic checkpoint files, omegaconf
+    A checkpoint callback that is always there (``checkpoint.*`` keys), checkpoints under
+    ``trainer.default_root_dir/checkpoints`` whatever the logger, ``--ckpt_path=last`` that fails when there is
+    nothing to resume and ``--ckpt_path=last-or-fresh`` that starts fresh then, atomic checkpoint files, omegaconf
     interpolation in YAML, a saved config that repeat runs may overwrite and that also reaches ``wandb.config``,
     rich progress and model summary, ``summary.json`` at the end of ``fit``, a checkpoint on SIGTERM/SIGUSR1
     (pre-emption, SLURM requeue), skipped non-finite steps and a count of skipped corrupt samples.
@@ -61,10 +64,20 @@ class DimlabCLI(LightningCLI):
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
+        keep_checkpoints_under_root(self.trainer)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+
+    def before_fit(self) -> None:
+        """Resolve ``--ckpt_path=last`` / ``last-or-fresh`` (dimlab.commands.resume); nothing to resume from
+        ``last`` is a usage error (exit status 2)."""
+        config = self.config_init[self.subcommand]
+        try:
+            config.ckpt_path = resolve_ckpt_path(self.trainer, config.get("ckpt_path"))
+        except NothingToResume as err:
+            self.parser.error(str(err))
 
     def after_fit(self) -> None:
         """A pre-empted run exits with 128 + the signal number (after its checkpoint is saved), not 0."""
