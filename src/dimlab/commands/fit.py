@@ -13,7 +13,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from dimlab.commands.resume import NothingToResume, keep_checkpoints_under_root, resolve_ckpt_path
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.lit.callbacks import RunSummary
-from dimlab.lit.checkpoint_io import AtomicCheckpointIO
+from dimlab.lit.checkpoint_io import AtomicCheckpointIO, StaleCheckpointCleanup
 from dimlab.lit.faults import NonFiniteGuard, PreemptionCheckpoint, SkippedSampleMonitor
 from dimlab.lit.module import DiffusionModule
 from dimlab.lit.wandb_config import WandbSaveConfigCallback
@@ -26,7 +26,7 @@ class DimlabCLI(LightningCLI):
     ``trainer.default_root_dir/checkpoints`` whatever the logger, ``--ckpt_path=last`` that fails when there is
     nothing to resume and ``--ckpt_path=last-or-fresh`` that starts fresh then, atomic checkpoint files, omegaconf
     interpolation in YAML, a saved config that repeat runs may overwrite and that also reaches ``wandb.config``,
-    rich progress and model summary, ``summary.json`` at the end of ``fit``, a checkpoint on SIGTERM/SIGUSR1
+    start-up removal of checkpoint temporaries that killed writers left, rich progress and model summary, ``summary.json`` at the end of ``fit``, a checkpoint on SIGTERM/SIGUSR1
     (pre-emption, SLURM requeue), skipped non-finite steps and a count of skipped corrupt samples.
     """
 
@@ -44,6 +44,7 @@ class DimlabCLI(LightningCLI):
                     PreemptionCheckpoint(),
                     NonFiniteGuard(),
                     SkippedSampleMonitor(),
+                    StaleCheckpointCleanup(),
                 ]
             },
         )
