@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from lightning.fabric import Fabric
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from dimlab.commands.options import add_fast_eval_arguments
+from dimlab.console import make_console
 from dimlab.eval.images import open_image_source
 from dimlab.eval.inception import (
     FEATURE_DIMS,
@@ -368,7 +368,7 @@ def _print_table(report: dict) -> None:
     official = "official" if inc["official"] else "NOT the official FID weights"
     table.add_row("inception", f"sha256 {inc['sha256'][:12]}… ({official}, {inc['feature_dim']}-d features)")
     table.add_row("devices / time", f"{report['world_size']} / {report['seconds']} s")
-    Console().print(table)
+    make_console().print(table)
 
 
 # ------------------------------------------------------------------------------------------- ref-stats
@@ -410,7 +410,7 @@ def _ref_stats_main(args) -> int:
     )
     stats.save(args.out)
 
-    Console().print(
+    make_console().print(
         f"[bold]reference statistics[/bold] of {stats.count} images from {description} -> {args.out} "
         f"(resolution {stats.resolution or 'as stored'}, inception sha256 {weights_sha256(weights)[:12]}…)"
     )

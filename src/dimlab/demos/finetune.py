@@ -24,9 +24,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from rich.console import Console
 from rich.table import Table
 
+from dimlab.console import make_console
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.data.digits import write_digits_shards
 from dimlab.diffusion.loss import epsilon_loss
@@ -237,7 +237,7 @@ def print_report(result: dict) -> None:
         f"mean train loss, first {k} steps", f"{fresh['mean_train_loss']:.4f}", f"{ft['mean_train_loss']:.4f}"
     )
     table.add_row(f"eval loss after {k} steps", f"{fresh['eval_loss_end']:.4f}", f"{ft['eval_loss_end']:.4f}")
-    console = Console()
+    console = make_console()
     console.print(
         f"init_from: {ft['copied']} tensors copied, resized {ft['resized']}, newly initialised "
         f"{ft['newly_initialised'] or 'none'}; pre-training {s['pretrain_steps']} steps at {s['low']} px "
