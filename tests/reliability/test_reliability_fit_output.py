@@ -32,8 +32,10 @@ def finished_run(digits8, tmp_path_factory):
 def test_the_last_line_says_where_the_checkpoint_and_the_summary_are(finished_run):
     root, output = finished_run
     last = output.strip().splitlines()[-1]
+    # Lightning's last.ckpt copies the newest every_n_train_steps checkpoint (step 4 of 6 here): the line says so
     assert last == (
-        f"dimlab fit: stopped at step 6; last checkpoint {root / 'ckpt' / 'last.ckpt'}; "
+        f"dimlab fit: stopped at step 6; last checkpoint {root / 'ckpt' / 'last.ckpt'} (step 4: the steps after it "
+        "are in no checkpoint; make max_steps a multiple of checkpoint.every_n_train_steps); "
         f"summary {root / 'summary.json'}"
     ), output
 

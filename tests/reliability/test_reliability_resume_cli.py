@@ -65,3 +65,22 @@ def test_ckpt_path_last_or_fresh_starts_fresh_then_resumes(digits8, tmp_path):
     assert _step(root / "checkpoints" / "last.ckpt") == 2
     assert _fit(digits8, root, "--trainer.max_steps=3", "--ckpt_path=last-or-fresh") == 0
     assert _step(root / "checkpoints" / "last.ckpt") == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "kept"),
+    [
+        ((), ["epoch=0-step=6.ckpt", "last.ckpt"]),
+        (("--checkpoint.save_top_k=-1",), [f"epoch=0-step={s}.ckpt" for s in (2, 4, 6)] + ["last.ckpt"]),
+    ],
+)
+def test_every_n_train_steps_keeps_the_newest_checkpoint_unless_save_top_k_is_minus_one(
+    digits8, tmp_path, caplog, extra, kept
+):
+    # What README "Training" says: Lightning's ModelCheckpoint keeps save_top_k=1 periodic checkpoints by default
+    root = tmp_path / "run"
+    assert _fit(digits8, root, "--trainer.max_steps=6", "--checkpoint.every_n_train_steps=2", *extra) == 0
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == kept
+    assert _step(root / "checkpoints" / "last.ckpt") == 6
+    last = root / "checkpoints" / "last.ckpt"
+    assert f"dimlab fit: stopped at step 6; last checkpoint {last}; summary {root / 'summary.json'}" in caplog.text

@@ -113,4 +113,9 @@ def _fit_report(trainer: L.Trainer, preemption: PreemptionCheckpoint | None, exi
     callback = trainer.checkpoint_callback
     checkpoint = (callback.last_model_path or callback.best_model_path) if callback is not None else ""
     saved = f"last checkpoint {checkpoint}" if checkpoint else "no checkpoint written"
+    step = getattr(trainer.strategy.checkpoint_io, "saved_steps", {}).get(checkpoint)
+    if step is not None and step < trainer.global_step:
+        # Lightning's last.ckpt is a copy of the newest periodic checkpoint, not of the final weights
+        saved += f" (step {step}: the steps after it are in no checkpoint; make max_steps a multiple of "
+        saved += "checkpoint.every_n_train_steps)"
     return f"dimlab fit: stopped at step {trainer.global_step}; {saved}; {where}"

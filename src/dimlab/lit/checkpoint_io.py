@@ -20,14 +20,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's stock IO streams straight into the destination, so a crash or pre-emption mid-write leaves a
     truncated ``last.ckpt`` that cannot be resumed. A rename within one filesystem is atomic: readers see the old
-    file or the new one, never a partial one.
+    file or the new one, never a partial one. :attr:`saved_steps` records the ``global_step`` of each file
+    written, so ``dimlab fit`` can say which step its last checkpoint holds.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: path -> ``global_step`` of the checkpoints this process wrote.
+        self.saved_steps: dict[str, int | None] = {}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         with atomic_write(path, "wb", fsync=True) as fh:
             torch.save(checkpoint, fh)
+        self.saved_steps[str(path)] = checkpoint.get("global_step")
 
 
 class StaleCheckpointCleanup(L.Callback):
