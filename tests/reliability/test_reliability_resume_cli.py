@@ -83,4 +83,7 @@ def test_every_n_train_steps_keeps_the_newest_checkpoint_unless_save_top_k_is_mi
     assert sorted(p.name for p in (root / "checkpoints").iterdir()) == kept
     assert _step(root / "checkpoints" / "last.ckpt") == 6
     last = root / "checkpoints" / "last.ckpt"
-    assert f"dimlab fit: stopped at step 6; last checkpoint {last}; summary {root / 'summary.json'}" in caplog.text
+    assert (
+        f"dimlab fit: stopped at step 6; last checkpoint {last}; summary {root / 'summary.json'}"
+        in caplog.text
+    )
