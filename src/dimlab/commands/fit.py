@@ -7,6 +7,7 @@ overrides any entry.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import lightning as L
@@ -16,6 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from dimlab.commands.config_files import config_file_problem
 from dimlab.commands.resume import NothingToResume, keep_checkpoints_under_root, resolve_ckpt_path
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.lit.callbacks import RunSummary
@@ -77,6 +79,14 @@ class DimlabCLI(LightningCLI):
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = AtomicCheckpointIO()
         keep_checkpoints_under_root(self.trainer)
+
+    def parse_arguments(self, parser, args) -> None:
+        """LightningCLI's parsing, after a check that names the ``--config`` file with a YAML error."""
+        argv = sys.argv[1:] if args is None else args
+        problem = config_file_problem(argv) if isinstance(argv, (list, tuple)) else None
+        if problem is not None:
+            parser.error(problem)
+        super().parse_arguments(parser, args)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
