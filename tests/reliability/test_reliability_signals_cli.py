@@ -68,6 +68,6 @@ def test_a_signal_to_the_whole_process_group_with_loader_workers_saves_and_exits
     assert proc.returncode == 128 + sig, output
     assert "DataLoader worker" not in output, output
     assert output.count(f"received {sig.name}") == 1, output  # the main process alone handles it
-    assert f"saved {root / 'ckpt' / 'last.ckpt'}" in output
+    assert f"saved {root / 'ckpt' / 'last.ckpt'}" in output and "s after the signal); stopping" in output
     stopped = _data_position(root / "ckpt" / "last.ckpt")
     assert 2 <= stopped["step"] < 100000 and stopped["batches_consumed"] == stopped["step"]

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,7 @@ class PreemptionCheckpoint(L.Callback):
         self.stop_signal: signal.Signals | None = None
         self._active = False
         self._limit_val_batches: int | float | None = None
+        self._received_at: float | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
     @staticmethod
@@ -119,6 +121,7 @@ class PreemptionCheckpoint(L.Callback):
         # the other ranks' collectives).
         if self.received is None:
             self.received = signal.Signals(signum)
+            self._received_at = time.monotonic()
             log.warning(
                 "received %s: saving a checkpoint and stopping after the current step", self.received.name
             )
@@ -145,6 +148,7 @@ class PreemptionCheckpoint(L.Callback):
             return
         self._active = True
         self.received = None
+        self._received_at = None
         self.stop_signal = None
         # The handlers from before fit are what teardown puts back (Lightning's SIGTERM handler comes and goes).
         self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
@@ -200,7 +204,11 @@ class PreemptionCheckpoint(L.Callback):
                 callback.last_model_path = str(path)
         self.saved_path, self.saved_step = path, trainer.global_step
         why = self.received.name if self.received is not None else f"another rank's {self.stop_signal.name}"
-        log.warning("%s: saved %s at step %d; stopping", why, path, trainer.global_step)
+        # how much of the scheduler's signal window (SLURM --signal=SIGUSR1@90) the step and the save took
+        took = (
+            f" ({time.monotonic() - self._received_at:.1f} s after the signal)" if self._received_at else ""
+        )
+        log.warning("%s: saved %s at step %d%s; stopping", why, path, trainer.global_step, took)
         if self.requeue and self.received in self.requeue_signals and trainer.is_global_zero:
             self._requeue_slurm_job()
         trainer.should_stop = True
