@@ -88,16 +88,3 @@ def test_the_report_keeps_its_lines_whole_in_a_log(capsys, monkeypatch, tmp_path
     assert any(line.startswith("init_from: 80 tensors copied") and line.endswith("30 s)") for line in lines)
     report = tmp_path / "a" / "long" / "folder" / "low" / "finetune_demo.json"
     assert any(line.startswith("fine-tuned / fresh: 0.20") and line.endswith(str(report)) for line in lines)
-
-
-def test_the_demo_command_flushes_subnormal_floats(monkeypatch, tmp_path):
-    # `make finetune-demo` runs this main, not dimlab's: without flushing, the CPU scan's subnormal states make
-    # it about 3x slower
-    import dimlab.demos.finetune as demo
-
-    calls = []
-    monkeypatch.setattr(torch, "set_flush_denormal", lambda mode: calls.append(mode) or True)
-    monkeypatch.setattr(demo, "run_demo", lambda *args, **kwargs: {})
-    monkeypatch.setattr(demo, "print_report", lambda result: None)
-    assert demo.main(["--data-root", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
-    assert calls == [True]

@@ -31,6 +31,7 @@ from dimlab.data.datamodule import ShardDataModule
 from dimlab.data.digits import write_digits_shards
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.lit.module import DiffusionModule
+from dimlab.lit.progress import DimlabProgressBar
 from dimlab.models.dim import DiM
 
 NUM_CLASSES = 10
@@ -146,7 +147,7 @@ def train(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=str(root),
-        callbacks=[recorder],
+        callbacks=[recorder, DimlabProgressBar()] if progress else [recorder],
     )
     trainer.fit(module, datamodule=data)
     if save_to is not None:
@@ -265,7 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--high {settings.high} must be larger than --low {settings.low}, both even (patch size 2)"
         )
-    torch.set_flush_denormal(True)  # see dimlab.commands.main.main: the CPU scan runs ~3x slower without it
     result = run_demo(settings, data_root, out, progress=True)
     print_report(result)
     return 0
