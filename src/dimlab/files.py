@@ -2,7 +2,8 @@
 
 A rename within one filesystem is atomic, so a reader (or a resumed run) sees the old file or the new one, never a
 truncated one, even when the writer is killed mid-write. Every dimlab writer of checkpoints, shards, manifests,
-summaries and statistics goes through :func:`atomic_write`.
+summaries and statistics goes through :func:`atomic_write`. A writer killed with SIGKILL leaves its hidden
+temporary file behind; :func:`remove_stale_temporaries` removes those of writers that are gone.
 """
 
 from __future__ import annotations
@@ -48,3 +49,36 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Fal
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _writer_pid(temporary: Path) -> int | None:
+    """The pid in a :func:`temporary_path` name (``.<name>.tmp-<pid>-<token>``), None for other names."""
+    pid = temporary.name.rpartition(TEMP_MARKER)[2].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, pattern: str = "*") -> list[Path]:
+    """Remove the :func:`atomic_write` temporaries of files matching ``pattern`` in ``folder`` whose writer process
+    no longer runs on this machine; return what was removed.
+
+    A temporary whose pid is alive here is kept: it may be a write in progress (or, on a shared filesystem, a
+    file of another machine whose pid happens to be in use here, which costs only disk space).
+    """
+    removed = []
+    for temporary in sorted(Path(folder).glob(f".{pattern}{TEMP_MARKER}*")):
+        pid = _writer_pid(temporary)
+        if pid is None or _is_running(pid):
+            continue
+        temporary.unlink(missing_ok=True)
+        removed.append(temporary)
+    return removed

@@ -249,3 +249,25 @@ def test_cifar_pixels_read_back_in_rgb_chw_order(tmp_path, fake_cifar):
     train_flipped = {image[:, ::-1].transpose(2, 0, 1).tobytes() for image in expected["train"][0]}
     batch = next(iter(dm.train_dataloader()))
     assert all(_image_bytes(x) in train_images | train_flipped for x in batch["x"])
+
+
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        ({"batch_size": 8}, "data.batch_size=8 (checkpoint: 16)"),
+        ({"num_workers": 2}, "data.num_workers=2 (checkpoint: 0)"),
+        ({"samples_per_epoch": 64}, "data.samples_per_epoch=64 (checkpoint: 128)"),
+        ({"seed": 5}, "data.seed=5 (checkpoint: 0)"),
+    ],
+)
+def test_resuming_with_a_changed_stream_option_names_that_option(digits_dir, caplog, changed, named):
+    saved = _digits(digits_dir, samples_per_epoch=128)
+    saved.setup("fit")
+    state = saved.state_dict()
+    resumed = _digits(digits_dir, **{"samples_per_epoch": 128, **changed})
+    resumed.setup("fit")
+    with caplog.at_level(logging.WARNING, logger="dimlab.data"):
+        resumed.load_state_dict(state)
+    warnings = [r.getMessage() for r in caplog.records if "will not match" in r.getMessage()]
+    assert len(warnings) == 1 and named in warnings[0], warnings
+    assert "batches_per_epoch" not in warnings[0]

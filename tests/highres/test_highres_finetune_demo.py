@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dimlab.demos.finetune import DemoSettings, main, run_demo
+from dimlab.demos.finetune import DemoSettings, main, print_report, run_demo
 from dimlab.lit.module import DiffusionModule
 from dimlab.models.checkpoint import read_backbone_file
 from dimlab.models.layers import resize_pos_embed
@@ -68,3 +68,23 @@ def test_demo_rejects_a_high_size_not_above_the_low_one(capsys):
     with pytest.raises(SystemExit):
         main(["--low", "16", "--high", "16"])
     assert "--high 16 must be larger than --low 16" in capsys.readouterr().err
+
+
+def test_the_report_keeps_its_lines_whole_in_a_log(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("COLUMNS", raising=False)  # stdout is captured: not a terminal, as in a SLURM log
+    side = {"eval_loss_step0": 1.0, "mean_train_loss": 0.5, "eval_loss_end": 0.3}
+    result = {
+        "settings": {"low": 8, "high": 16, "pretrain_steps": 200, "finetune_steps": 20},
+        "fresh": {**side, "copied": 0, "resized": [], "newly_initialised": []},
+        "finetuned": {**side, "copied": 80, "resized": ["pos_embed"], "newly_initialised": []},
+        "pretrain_final_loss": 0.19,
+        "pretrain_seconds": 30.0,
+        "step0_ratio": 0.2,
+        "first_k_ratio": 0.23,
+        "low_checkpoint": str(tmp_path / "a" / "long" / "folder" / "low" / "checkpoints" / "last.ckpt"),
+    }
+    print_report(result)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("init_from: 80 tensors copied") and line.endswith("30 s)") for line in lines)
+    report = tmp_path / "a" / "long" / "folder" / "low" / "finetune_demo.json"
+    assert any(line.startswith("fine-tuned / fresh: 0.20") and line.endswith(str(report)) for line in lines)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -184,3 +186,21 @@ def test_run_summary_reports_throughput_for_fresh_and_resumed_runs(blob_data, tm
     for summary, step in ((first, 6), (resumed, 12)):
         assert summary["global_step"] == step and summary["finished"]
         assert summary["images_per_sec"] > 0, summary
+
+
+def _eval_mode_warnings(module, blob_data, make_trainer, tmp_path) -> list[str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, max_steps=1).fit(module, blob_data())
+    return [str(w.message) for w in caught if "in eval mode at the start of training:" in str(w.message)]
+
+
+def test_only_modules_in_eval_mode_by_mistake_are_reported(blob_data, make_trainer, tmp_path):
+    from tiny_models import tiny_dim
+
+    # the EMA copy is in eval mode by design: nothing to report
+    assert _eval_mode_warnings(_module(tiny_dim()), blob_data, make_trainer, tmp_path) == []
+    module = _module(tiny_dim())
+    module.backbone.final_proj.eval()
+    (message,) = _eval_mode_warnings(module, blob_data, make_trainer, tmp_path)
+    assert message.startswith("1 module(s) are in eval mode at the start of training: backbone.final_proj.")

@@ -50,6 +50,14 @@ def test_misspelt_config_keys_are_named(digits8, tmp_path, capsys):
     assert "model.schedule" in err and "cosine" in err
 
 
+def test_a_yaml_error_in_a_second_config_names_that_file(digits8, tmp_path, capsys):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("model:\n  betas: [0.9, 0.99\n  lr: 1e-3\n")
+    err = _cli_error(capsys, [*fit_args(digits8, tmp_path), "--config", str(overlay)])
+    assert f"--config {overlay}: not valid YAML at line 3, column 5: expected ',' or ']'" in err
+    assert "<unicode string>" not in err
+
+
 def test_image_size_not_a_multiple_of_the_patch_size(digits8, tmp_path):
     with pytest.raises(ValueError, match="input_size 8x8 must be a multiple of patch_size 3"):
         main(fit_args(digits8, tmp_path, "--model.backbone.init_args.patch_size=3"))

@@ -4,6 +4,11 @@ since (exact continuation of the data stream is tested in test_reliability_signa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -12,6 +17,8 @@ from reliability_cli import fit_args
 from torch.utils.data import DataLoader
 
 from dimlab.commands.fit import DimlabCLI
+from dimlab.commands.main import main
+from dimlab.files import remove_stale_temporaries
 from dimlab.lit.checkpoint_io import AtomicCheckpointIO
 from dimlab.lit.module import DiffusionModule
 from tiny_models import TinyImages, tiny_dim, tiny_trainer
@@ -101,3 +108,37 @@ def test_a_crash_between_checkpoints_loses_only_the_steps_since_the_last(tmp_pat
     trainer = _fit(tmp_path, 8, [steps], ckpt_path="last")
     assert steps.seen == [3, 4, 5, 6, 7], "the resumed run redoes steps 4 and 5 and goes on"
     assert trainer.global_step == 8
+
+
+def _killed_mid_write(path) -> Path:
+    """A process killed with SIGKILL while it writes ``path`` through ``atomic_write``: its temporary file."""
+    code = (
+        "import sys, time\n"
+        "from dimlab.files import atomic_write\n"
+        "with atomic_write(sys.argv[1], 'wb', fsync=True) as fh:\n"
+        "    fh.write(b'half a checkpoint'); fh.flush(); print(fh.name, flush=True); time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    temporary = Path(writer.stdout.readline().strip())
+    writer.kill()
+    writer.wait()
+    assert temporary.is_file() and temporary.name.startswith(f".{path.name}.tmp-{writer.pid}-")
+    return temporary
+
+
+def test_remove_stale_temporaries_removes_those_of_dead_writers_only(tmp_path):
+    stale = _killed_mid_write(tmp_path / "last.ckpt")
+    live = tmp_path / f".step.ckpt.tmp-{os.getpid()}-0000abcd"  # a writer that is still running (this one)
+    live.write_bytes(b"being written")
+    other = tmp_path / "notes.tmp-1-2.txt"
+    other.write_text("not an atomic_write temporary")
+    assert remove_stale_temporaries(tmp_path, "*.ckpt") == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+
+
+def test_dimlab_fit_removes_checkpoint_temporaries_of_a_killed_run_at_start_up(digits8, tmp_path, caplog):
+    stale = _killed_mid_write(tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
+    assert main(fit_args(digits8, tmp_path, "--trainer.max_steps=1")) == 0
+    assert not stale.exists()
+    assert f"removed {stale}" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["last.ckpt"]

@@ -108,6 +108,42 @@ def test_sigusr1_in_a_slurm_job_saves_and_requeues(digits8, tmp_path, monkeypatc
     assert not record.exists()
 
 
+class _CountValidation(L.Callback):
+    """How many validation passes ran during ``fit``."""
+
+    def __init__(self):
+        self.passes = 0
+
+    def on_validation_start(self, trainer, pl_module):
+        self.passes += 1
+
+
+def test_a_preemption_stop_runs_no_validation_pass_and_records_the_signal(digits8, tmp_path):
+    # Lightning validates before any early stop; a pre-empted run must not spend its grace period on that.
+    L.seed_everything(0)
+    module = DiffusionModule(tiny_dim(num_classes=10), schedule="vp_sde", warmup_steps=0)
+    data = digits8_data(digits8, val_shards=str(digits8), samples_per_epoch=400, shuffle_buffer=50)
+    preemption, validation = PreemptionCheckpoint(), _CountValidation()
+    trainer = tiny_trainer(
+        tmp_path,
+        100,
+        enable_checkpointing=True,
+        limit_val_batches=1,
+        val_check_interval=40,
+        check_val_every_n_epoch=None,
+        callbacks=[
+            ModelCheckpoint(dirpath=str(tmp_path / "ckpt")),
+            _SendSignal(3, signal.SIGUSR1),
+            preemption,
+            validation,
+        ],
+    )
+    trainer.fit(module, data)
+    assert trainer.global_step == 3 and validation.passes == 0
+    assert preemption.stop_signal == signal.SIGUSR1
+    assert trainer.limit_val_batches == 1, "the trainer's own setting comes back after fit"
+
+
 def test_unknown_signal_name_is_rejected():
     with pytest.raises(ValueError, match="signals: unknown signal 'SIGFOO'"):
         PreemptionCheckpoint(signals=["SIGFOO"])

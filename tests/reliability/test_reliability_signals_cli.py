@@ -5,9 +5,11 @@ position."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
+import pytest
 from reliability_cli import dimlab_fit, load_checkpoint
 
 PREEMPTIBLE = (
@@ -33,7 +35,7 @@ def test_dimlab_fit_subprocess_sigterm_then_resume_with_ckpt_path_last(digits8, 
     finally:
         if proc.poll() is None:
             proc.stop()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 128 + signal.SIGTERM, output  # pre-empted: not finished
     assert "received SIGTERM" in output
     stopped = _data_position(root / "ckpt" / "last.ckpt")
     k = stopped["step"]
@@ -47,3 +49,25 @@ def test_dimlab_fit_subprocess_sigterm_then_resume_with_ckpt_path_last(digits8, 
     # the newest checkpoint of the resumed run: its stream continued from batch k (a restart would hold step - k)
     resumed = _data_position(root / "ckpt" / "last.ckpt")
     assert resumed["step"] > k and resumed["batches_consumed"] == resumed["step"], (stopped, resumed)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_signal_to_the_whole_process_group_with_loader_workers_saves_and_exits_128_plus_signal(
+    digits8, tmp_path, sig
+):
+    # scancel, timeout and a terminal's Ctrl-C signal every process of the group: the DataLoader workers too.
+    root = tmp_path / "run"
+    proc = dimlab_fit(digits8, root, *PREEMPTIBLE, "--data.num_workers=2", "--trainer.max_steps=100000")
+    try:
+        proc.wait_until((root / "ckpt" / "last.ckpt").exists, "checkpoint at step 2")
+        os.killpg(proc.pid, sig)  # the child leads its own session and process group
+        output, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.stop()
+    assert proc.returncode == 128 + sig, output
+    assert "DataLoader worker" not in output, output
+    assert output.count(f"received {sig.name}") == 1, output  # the main process alone handles it
+    assert f"saved {root / 'ckpt' / 'last.ckpt'}" in output and "s after the signal); stopping" in output
+    stopped = _data_position(root / "ckpt" / "last.ckpt")
+    assert 2 <= stopped["step"] < 100000 and stopped["batches_consumed"] == stopped["step"]

@@ -25,6 +25,7 @@ from dimlab.ablation.results import (
 from dimlab.ablation.runner import RowOutcome, cli_value, is_finished, run_row
 from dimlab.ablation.scoring import score_row
 from dimlab.ablation.sweep import build_sweep, write_sweep
+from dimlab.console import make_console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +144,7 @@ def _report(console: Console, matrix: AblationMatrix, output_dir: Path, extra: d
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``dimlab ablate``; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    console = Console()
-    if not console.is_terminal:  # logs and captured output: wide enough for the tables
-        console = Console(width=160)
+    console = make_console()
     try:
         matrix = load_matrix(args.matrix, output_dir=args.output_dir)
         extra = parse_set(args.set)

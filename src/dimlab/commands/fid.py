@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
+from dimlab.console import make_console
 from dimlab.data.writers import make_progress
 from dimlab.diffusion.samplers import check_sampler_settings
 from dimlab.eval.images import open_image_source
@@ -388,7 +389,7 @@ def _print_table(report: dict) -> None:
     official = "official" if inc["official"] else "NOT the official FID weights"
     table.add_row("inception", f"sha256 {inc['sha256'][:12]}… ({official}, {inc['feature_dim']}-d features)")
     table.add_row("devices / time", f"{report['world_size']} / {report['seconds']} s")
-    Console().print(table)
+    make_console().print(table)
 
 
 # ------------------------------------------------------------------------------------------- ref-stats
@@ -436,7 +437,7 @@ def _ref_stats_main(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     weights = resolve_inception_weights(args.inception_weights, download=args.download_inception)
-    console = Console()
+    console = make_console()
     batches, description, total = _reference_batches(args, console)
 
     metric = build_fid_metric(weights, feature=args.feature_dim, device=args.device)

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         _prepare_torch()
         fit = importlib.import_module("dimlab.commands.fit")
         # Without explicit argv LightningCLI reads sys.argv itself (passing both makes it warn).
-        fit.DimlabCLI(args=None if from_command_line else argv, description=DESCRIPTION)
-        return 0
+        cli = fit.DimlabCLI(args=None if from_command_line else argv, description=DESCRIPTION)
+        return cli.exit_code  # 128 + signal after a pre-emption stop, else 0
     if command in REMOVED_COMMANDS:
         print(f"dimlab: error: {REMOVED_COMMANDS[command]}", file=sys.stderr)
         return 2

@@ -9,8 +9,7 @@ import argparse
 import os
 import sys
 
-from rich.console import Console
-
+from dimlab.console import make_console
 from dimlab.data.cifar import write_cifar10_shards
 from dimlab.data.digits import write_digits_shards
 from dimlab.data.imagefolder import write_imagefolder_shards
@@ -90,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``dimlab shards`` with ``argv`` (without the leading ``shards``); returns the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     try:
         if args.source == "imagefolder":
             write_imagefolder_shards(

@@ -33,11 +33,21 @@ from dimlab.data.streams import (
     TrainStream,
     ValidationStream,
 )
+from dimlab.data.workers import ignore_main_process_signals, worker_context
 
 log = logging.getLogger("dimlab.data")
 
 DataKind = Literal["pixels", "images", "latents"]
 LATENT_DOWNSAMPLE = 8  # SD VAE: 256 px images -> 32 x 32 latents
+
+#: What defines the training stream besides the shards, as stored in the state dict -> how a warning names it.
+STREAM_SETTINGS = {
+    "seed": "data.seed={}",
+    "batch_size": "data.batch_size={}",
+    "num_workers": "data.num_workers={}",
+    "samples_per_epoch": "data.samples_per_epoch={}",
+    "world_size": "a world size of {} (trainer.num_nodes x trainer.devices)",
+}
 
 
 @dataclass
@@ -192,6 +202,7 @@ class ShardDataModule(L.LightningDataModule):
         self.val_set: ShardSet | None = None
         self.test_set: ShardSet | None = None
         self.batches_per_epoch: int | None = None
+        self.epoch_samples: int | None = None  # samples_per_epoch, or the manifest's train count
         self.rank, self.world_size = 0, 1
 
     @property
@@ -244,6 +255,7 @@ class ShardDataModule(L.LightningDataModule):
             raise ValueError(
                 f"train_shards={self.train_shards}: no manifest.json to count samples; set samples_per_epoch"
             )
+        self.epoch_samples = samples
         workers = max(self.num_workers, 1)
         per_worker = math.ceil(math.ceil(samples / (self.world_size * self.batch_size)) / workers)
         return per_worker * workers
@@ -257,12 +269,16 @@ class ShardDataModule(L.LightningDataModule):
         return SampleDecoder(self.kind, self.resolution, self.channels, self.num_classes, moments_shape)
 
     def _loader(self, dataset) -> wds.WebLoader:
+        # Workers leave SIGTERM / SIGINT / SIGUSR1 to the main process (pre-emption signals the whole group).
+        workers = {}
+        if self.num_workers > 0:
+            workers = {
+                "persistent_workers": True,
+                "worker_init_fn": ignore_main_process_signals,
+                "multiprocessing_context": worker_context(),
+            }
         return wds.WebLoader(
-            dataset,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **workers
         )
 
     def train_dataloader(self) -> ResumableTrainLoader:
@@ -332,19 +348,36 @@ class ShardDataModule(L.LightningDataModule):
             "batches_per_epoch": self.batches_per_epoch,
             "seed": self.seed,
             "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "samples_per_epoch": self.epoch_samples,
         }
 
+    def _stream_setting(self, key: str):
+        return self.epoch_samples if key == "samples_per_epoch" else getattr(self, key)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the data position; warns when settings that define the stream changed."""
+        """Restore the data position; warns, naming the option, when a setting that defines the stream changed."""
         self.position.epoch = int(state_dict["epoch"])
         self.position.batches = int(state_dict["batches_consumed"])
         self.position.started = False
-        for key in ("seed", "world_size", "batches_per_epoch"):
-            saved, current = state_dict.get(key), getattr(self, key)
+        changed = False
+        for key, template in STREAM_SETTINGS.items():
+            saved, current = state_dict.get(key), self._stream_setting(key)
             if saved is not None and current is not None and saved != current:
+                changed = True
+                shown = template.format(current)
+                if key == "samples_per_epoch" and self.samples_per_epoch is None:
+                    shown += " (the manifest's train count)"
                 log.warning(
-                    "resuming with %s=%s (checkpoint: %s): the data stream will not match exactly",
-                    key,
-                    current,
-                    saved,
+                    "resuming with %s (checkpoint: %s): the data stream will not match exactly", shown, saved
                 )
+        saved, current = state_dict.get("batches_per_epoch"), self.batches_per_epoch
+        if not changed and saved is not None and current is not None and saved != current:
+            # a checkpoint of an older dimlab, which stored only what the options add up to
+            log.warning(
+                "resuming with %d batches per epoch (checkpoint: %d; from data.samples_per_epoch, data.batch_size, "
+                "data.num_workers and the world size): the data stream will not match exactly",
+                current,
+                saved,
+            )

@@ -33,6 +33,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from dimlab.console import make_console
 from dimlab.data.manifest import (
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -216,7 +217,7 @@ def write_shards(
     """
     out_dir = Path(out_dir)
     (out_dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     _check_plan(out_dir, plan_hash)
     _remove_stale_temporaries(out_dir)
 

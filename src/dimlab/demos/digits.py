@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from rich.console import Console
 from rich.table import Table
 from sklearn.svm import SVC
 
 from dimlab.commands.fit import DimlabCLI
+from dimlab.console import make_console
 from dimlab.data.digits import load_digits_images, split_train_val, write_digits_shards
 from dimlab.eval.split import sample_seeds
 from dimlab.sampling.images import save_grid, to_uint8_hwc
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-train", action="store_true", help="score the existing last.ckpt only")
     args = parser.parse_args(argv)
 
-    console = Console()
+    console = make_console()
     torch.set_flush_denormal(True)  # see dimlab.commands.main.main
     resolution = int(OmegaConf.load(args.config).data.resolution)
     data = Path(args.data)

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from rich.console import Console
 from rich.table import Table
 
+from dimlab.console import make_console
 from dimlab.data.datamodule import ShardDataModule
 from dimlab.data.digits import write_digits_shards
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.lit.module import DiffusionModule
+from dimlab.lit.progress import DimlabProgressBar
 from dimlab.models.dim import DiM
 
 NUM_CLASSES = 10
@@ -146,7 +147,7 @@ def train(
         num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=str(root),
-        callbacks=[recorder],
+        callbacks=[recorder, DimlabProgressBar()] if progress else [recorder],
     )
     trainer.fit(module, datamodule=data)
     if save_to is not None:
@@ -237,7 +238,7 @@ def print_report(result: dict) -> None:
         f"mean train loss, first {k} steps", f"{fresh['mean_train_loss']:.4f}", f"{ft['mean_train_loss']:.4f}"
     )
     table.add_row(f"eval loss after {k} steps", f"{fresh['eval_loss_end']:.4f}", f"{ft['eval_loss_end']:.4f}")
-    console = Console()
+    console = make_console()
     console.print(
         f"init_from: {ft['copied']} tensors copied, resized {ft['resized']}, newly initialised "
         f"{ft['newly_initialised'] or 'none'}; pre-training {s['pretrain_steps']} steps at {s['low']} px "

@@ -21,8 +21,15 @@ class RunSummary(L.Callback):
     """Write ``<default_root_dir>/summary.json`` at the end of ``fit``.
 
     It holds the final step, the mean training loss over the last ``window`` steps, training images/s (global,
-    measured after this run's first ``skip_steps`` steps, so resumed runs report it too), the backbone's parameter count and whether ``max_steps`` was
-    reached. Ablation runners and benchmarks read this file instead of parsing logger output.
+    measured after this run's first ``skip_steps`` steps, so resumed runs report it too), the backbone's parameter
+    count, whether ``max_steps`` was reached, and ``metrics``: the last value of every scalar the run logged, with
+    ``metrics_step``, the optimizer step each of them was logged at. Metrics logged every step belong to the final
+    step; periodic ones (``val/*`` after each validation pass, ``data/skipped_samples`` every
+    ``log_every_n_steps``, FID) to the step they were last computed at. Ablation runners and benchmarks read this
+    file instead of parsing logger output.
+
+    The steps come from the module's :attr:`~dimlab.lit.module.DiffusionModule.recently_logged` (the names passed
+    to ``self.log`` since they were last taken); a module without it gets no ``metrics_step``.
     """
 
     def __init__(self, window: int = 50, skip_steps: int = 5):
@@ -32,6 +39,20 @@ class RunSummary(L.Callback):
         self._images = 0
         self._batches = 0  # of this run: a resumed run starts at a later global step
         self._t0: float | None = None
+        self._metric_steps: dict[str, int] = {}
+
+    def _take_logged(self, trainer, pl_module) -> None:
+        """Everything logged since the last call belongs to the current optimizer step count."""
+        logged = getattr(pl_module, "recently_logged", None)
+        if logged is None:
+            return
+        for name in logged:
+            self._metric_steps[name] = trainer.global_step
+        logged.clear()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # After the previous batch's hooks and any validation pass in between, before this batch logs anything.
+        self._take_logged(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -44,22 +65,30 @@ class RunSummary(L.Callback):
         elif self._t0 is not None:
             self._images += batch["x"].shape[0] * trainer.world_size
 
-    @rank_zero_only
     def on_train_end(self, trainer, pl_module):
+        self._take_logged(trainer, pl_module)
+        self._write(trainer, pl_module)
+
+    @rank_zero_only
+    def _write(self, trainer, pl_module) -> None:
         elapsed = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
         max_steps = trainer.max_steps
+        metrics = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+        }
         summary = {
             "global_step": trainer.global_step,
             "final_loss": float(np.mean(self._losses)) if self._losses else math.nan,
             "images_per_sec": self._images / elapsed if elapsed > 0 else math.nan,
             "num_parameters": sum(p.numel() for p in pl_module.backbone.parameters()),
             "finished": max_steps is not None and max_steps > 0 and trainer.global_step >= max_steps,
-            "metrics": {
-                k: float(v)
-                for k, v in trainer.callback_metrics.items()
-                if torch.is_tensor(v) and v.numel() == 1
-            },
+            "metrics": metrics,
         }
+        if hasattr(pl_module, "recently_logged"):
+            steps = self._metric_steps
+            # callback_metrics may also hold Lightning's "<name>_step" / "<name>_epoch" forms of a logged name
+            bases = {k: k if k in steps else k.removesuffix("_step").removesuffix("_epoch") for k in metrics}
+            summary["metrics_step"] = {k: steps[base] for k, base in bases.items() if base in steps}
         with atomic_write(Path(trainer.default_root_dir) / "summary.json", "w") as fh:
             fh.write(json.dumps(summary, indent=2, sort_keys=True))
 

@@ -1,7 +1,8 @@
 """Callbacks that keep long runs alive: pre-emption checkpoints, non-finite step guard, skipped-sample metric.
 
-* :class:`PreemptionCheckpoint`: SIGTERM / SIGUSR1 (pre-emption, SLURM's ``--signal``) -> ``last.ckpt`` at the next
-  optimizer-step boundary, then a clean stop (and a SLURM requeue for the requeue signal); the next launch with
+* :class:`PreemptionCheckpoint`: SIGTERM / SIGINT / SIGUSR1 (pre-emption, Ctrl-C, SLURM's ``--signal``) ->
+  ``last.ckpt`` at the next optimizer-step boundary, then a stop without a validation pass (and a SLURM requeue for
+  the requeue signal); ``dimlab fit`` then exits with status 128 + the signal number, and the next launch with
   ``--ckpt_path=last`` continues at the same step and data position.
 * :class:`NonFiniteGuard`: an optimizer step whose loss or gradients are not finite is skipped and counted; after
   ``max_consecutive`` in a row training stops with :class:`NonFiniteTrainingError`; the checkpoints keep good
@@ -18,6 +19,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,7 @@ def _slurm_job_id() -> str | None:
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On a termination signal, save ``last.ckpt`` at the next optimizer-step boundary and stop training cleanly.
+    """On a termination signal, save ``last.ckpt`` at the next optimizer-step boundary and stop training.
 
     The signal handler only records the signal. At the end of the next batch that completed an optimizer step
     (the last batch of an epoch included), the ranks agree (any rank that saw a signal is enough, since a
@@ -59,6 +61,15 @@ class PreemptionCheckpoint(L.Callback):
     ``ModelCheckpoint``, where ``--ckpt_path=last`` looks), and ``trainer.should_stop`` ends the run. The
     checkpoint holds the weights, EMA, optimizer, loop counters and the DataModule's stream position, so
     ``dimlab fit ... --ckpt_path=last`` resumes at the same step with the same next batch.
+
+    Once the stop is set no validation pass runs (Lightning would start one for an early stop, eating into the
+    scheduler's grace period), and :attr:`stop_signal` holds the signal every rank stopped for:
+    ``dimlab fit`` exits with status ``128 + stop_signal`` (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1), so
+    wrappers, torchrun and schedulers do not take a pre-empted run for a finished one. A second SIGINT while
+    waiting for the step boundary interrupts at once (KeyboardInterrupt), as Ctrl-C usually does.
+
+    DataLoader workers of :class:`~dimlab.data.datamodule.ShardDataModule` ignore these signals (they reach the
+    whole process group), see :mod:`dimlab.data.workers`.
 
     For a signal in ``requeue_signals`` (default SIGUSR1, which SLURM sends ahead of the time limit with
     ``#SBATCH --signal=SIGUSR1@90``) inside a SLURM job, rank 0 then runs ``scontrol requeue <job id>``. SIGTERM
@@ -71,14 +82,14 @@ class PreemptionCheckpoint(L.Callback):
     ``on_train_start`` (after Lightning's), and the trainer restores the previous handlers at the end of ``fit``.
 
     Args:
-        signals: names of the signals to handle (``SIGTERM``, ``SIGUSR1``, ``SIGUSR2``, ``SIGINT``, ...).
+        signals: names of the signals to handle (``SIGTERM``, ``SIGINT``, ``SIGUSR1``, ``SIGUSR2``, ...).
         requeue_signals: the subset after which rank 0 requeues the SLURM job.
         requeue: False never requeues (e.g. when the sbatch script requeues itself).
     """
 
     def __init__(
         self,
-        signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGUSR1"),
+        signals: list[str] | tuple[str, ...] = ("SIGTERM", "SIGINT", "SIGUSR1"),
         requeue_signals: list[str] | tuple[str, ...] = ("SIGUSR1",),
         requeue: bool = True,
     ):
@@ -88,7 +99,11 @@ class PreemptionCheckpoint(L.Callback):
         self.received: signal.Signals | None = None
         self.saved_path: Path | None = None
         self.saved_step: int | None = None
+        #: The signal all ranks stopped for (None: no pre-emption stop in the last fit).
+        self.stop_signal: signal.Signals | None = None
         self._active = False
+        self._limit_val_batches: int | float | None = None
+        self._received_at: float | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
     @staticmethod
@@ -106,9 +121,12 @@ class PreemptionCheckpoint(L.Callback):
         # the other ranks' collectives).
         if self.received is None:
             self.received = signal.Signals(signum)
+            self._received_at = time.monotonic()
             log.warning(
                 "received %s: saving a checkpoint and stopping after the current step", self.received.name
             )
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the step boundary
 
     def _install(self, signals) -> None:
         for sig in signals:
@@ -130,6 +148,8 @@ class PreemptionCheckpoint(L.Callback):
             return
         self._active = True
         self.received = None
+        self._received_at = None
+        self.stop_signal = None
         # The handlers from before fit are what teardown puts back (Lightning's SIGTERM handler comes and goes).
         self._previous = {sig: signal.getsignal(sig) for sig in self.signals}
         self._install([s for s in self.signals if s != signal.SIGTERM])
@@ -141,6 +161,8 @@ class PreemptionCheckpoint(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._active:
             self._restore()
+        if self._limit_val_batches is not None:
+            trainer.limit_val_batches, self._limit_val_batches = self._limit_val_batches, None
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -162,8 +184,14 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         if not self._active or not _at_step_boundary(trainer, batch_idx):
             return
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        # One collective decides and agrees on the signal: the largest signal number any rank received (0: none).
+        mine = torch.tensor(
+            self.received.value if self.received is not None else 0, device=trainer.strategy.root_device
+        )
+        agreed = int(trainer.strategy.reduce(mine, reduce_op="max"))
+        if agreed == 0:
             return
+        self.stop_signal = signal.Signals(agreed)
         path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         for callback in trainer.checkpoint_callbacks:
@@ -175,11 +203,17 @@ class PreemptionCheckpoint(L.Callback):
                 # ModelCheckpoint then overwrites this file at its next "last" save instead of writing last-v1.ckpt
                 callback.last_model_path = str(path)
         self.saved_path, self.saved_step = path, trainer.global_step
-        why = self.received.name if self.received is not None else "another rank's signal"
-        log.warning("%s: saved %s at step %d; stopping", why, path, trainer.global_step)
+        why = self.received.name if self.received is not None else f"another rank's {self.stop_signal.name}"
+        # how much of the scheduler's signal window (SLURM --signal=SIGUSR1@90) the step and the save took
+        took = (
+            f" ({time.monotonic() - self._received_at:.1f} s after the signal)" if self._received_at else ""
+        )
+        log.warning("%s: saved %s at step %d%s; stopping", why, path, trainer.global_step, took)
         if self.requeue and self.received in self.requeue_signals and trainer.is_global_zero:
             self._requeue_slurm_job()
         trainer.should_stop = True
+        # Lightning validates before an early stop; limit_val_batches=0 skips it (restored in teardown).
+        self._limit_val_batches, trainer.limit_val_batches = trainer.limit_val_batches, 0
 
     @staticmethod
     def _requeue_slurm_job() -> None:

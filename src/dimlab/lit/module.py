@@ -8,6 +8,8 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from dimlab.data.vae import SD_LATENT_SCALE, encode_moments, load_vae, sample_from_moments
@@ -25,6 +27,8 @@ log = logging.getLogger("dimlab")
 
 # Where the EMA's weights sit in the module's state dict (the attribute ``ema``, an EMA wrapping ``module``).
 _EMA_PREFIX = "ema.module."
+# Top-level submodules that are in eval mode on purpose: the EMA copy and the frozen VAE.
+_EVAL_BY_DESIGN = ("ema", "_vae")
 
 
 def no_decay_parameter_names(backbone: nn.Module) -> set[str]:
@@ -151,6 +155,14 @@ class DiffusionModule(L.LightningModule):
         self._step_t0: float | None = None
         # Set by dimlab.lit.faults.NonFiniteGuard when it dropped a step's gradients: the EMA must not advance.
         self.optimizer_step_skipped = False
+        #: Names passed to :meth:`log` (by the module or a callback) since dimlab.lit.callbacks.RunSummary last
+        #: took them, so summary.json can say at which step each metric was logged.
+        self.recently_logged: set[str] = set()
+
+    def log(self, name: str, value, *args, **kwargs) -> None:
+        """``LightningModule.log``, remembering ``name`` in :attr:`recently_logged`."""
+        super().log(name, value, *args, **kwargs)
+        self.recently_logged.add(name)
 
     # ----------------------------------------------------------------------------------------------- set-up
     @property
@@ -317,6 +329,24 @@ class DiffusionModule(L.LightningModule):
             total = torch.linalg.vector_norm(torch.stack(norms).float(), 2)
             self.log("train/grad_norm", total, on_step=True, on_epoch=False)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def on_train_start(self) -> None:
+        # Lightning warns "Found N module(s) in eval mode" on every run, since the EMA copy (and a frozen VAE) are
+        # in eval mode by design; dimlab fit silences that, and this names only modules in eval mode by mistake.
+        by_mistake = [
+            name
+            for name, module in self.named_modules()
+            if not module.training and name.split(".")[0] not in _EVAL_BY_DESIGN
+        ]
+        if by_mistake:
+            shown = ", ".join(by_mistake[:10]) + (
+                f" and {len(by_mistake) - 10} more" if len(by_mistake) > 10 else ""
+            )
+            rank_zero_warn(
+                f"{len(by_mistake)} module(s) are in eval mode at the start of training: {shown}. They train with "
+                "eval behaviour (dropout off, frozen norm statistics); call .train() on them if that is not intended.",
+                category=PossibleUserWarning,
+            )
 
     def on_fit_start(self) -> None:
         if fsdp_root(self._trainer) is not None:
