@@ -42,8 +42,8 @@ class ScanConfig:
     fwd_warps: warps per forward program (one channel per thread, so 32 * fwd_warps channels per program).
     t_save: steps between the states the forward keeps for the backward (memory: 4 * N / t_save bytes per
         (token, channel)). t_sub: steps whose states the backward holds in registers at once (t_save must be a
-        multiple of it); the compile time of the backward grows with its square (about 7 s at 2 and 15 s at 4
-        on a CPU like an H200 host's, minutes at 8) and 2 and 4 ran equally fast on an H200. bwd_maxnreg: a
+        multiple of it); the compile time of the backward grows with its square (10-14 s at 2 and 26-31 s at 4
+        built for sm_90 on a 2-core CPU, minutes at 8) and 2 and 4 ran equally fast on an H200. bwd_maxnreg: a
         register cap for the backward (None: the compiler's choice, 255). bwd_lanes: lanes per channel in the
         backward, 1 or 2 (2: each lane holds half of a channel's states, about half the registers, twice the
         warps per SM; needs an even N, else 1 is used; not yet timed on a GPU, hence off).
