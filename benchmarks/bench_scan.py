@@ -45,6 +45,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ResultLog, free_memory, is_oom, median_seconds, run_metadata  # noqa: E402 - beside this
+from dimlab.kernels import ScanConfig, selective_scan, set_scan_config  # noqa: E402
+from dimlab.kernels.scan import num_segments  # noqa: E402
+from dimlab.models.scan import selective_scan_torch  # noqa: E402
 
 CASES = {
     "s2_train": (128, 366, 1024),
@@ -82,16 +85,12 @@ def make_inputs(batch, length, dim, n, device, channel_last: bool) -> dict:
 def scan_fn(backend: str):
     """The scan callable of a backend, taking the dict of make_inputs."""
     if backend == "triton":
-        from dimlab.kernels import selective_scan
-
         return lambda inputs: selective_scan(**inputs, delta_softplus=True)
     if backend == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         return lambda inputs: selective_scan_fn(**inputs, delta_softplus=True)
     if backend == "torch":
-        from dimlab.models.scan import selective_scan_torch
-
         return lambda inputs: selective_scan_torch(**inputs, delta_softplus=True)
     raise ValueError(f"bench_scan: unknown backend {backend!r} (triton, cuda, torch)")
 
@@ -106,8 +105,6 @@ def parse_configs(text: str | None) -> list[dict]:
     """'fwd_warps=1,t_sub=4;fwd_warps=4' -> [{'fwd_warps': 1, 't_sub': 4}, {'fwd_warps': 4}] ([{}] if empty)."""
     if not text:
         return [{}]
-    from dimlab.kernels import ScanConfig
-
     fields = {f.name for f in dataclasses.fields(ScanConfig)}
     configs = []
     for item in text.split(";"):
@@ -130,16 +127,12 @@ def config_name(config: dict) -> str:
 
 def run_case(backend, config, batch, length, dim, device, warmup, reps, grad: bool) -> dict:
     """Median fwd (and fwd+bwd) ms and peak memory of one backend / config / shape."""
-    from dimlab.kernels import ScanConfig, set_scan_config
-
     previous = set_scan_config(ScanConfig(**config)) if backend == "triton" else None
     try:
         inputs = make_inputs(batch, length, dim, D_STATE, device, channel_last=backend == "triton")
         fn = scan_fn(backend)
         record = {}
         if backend == "triton":  # how many time segments run in parallel, under this config
-            from dimlab.kernels.scan import num_segments
-
             record["segments_fwd"] = num_segments(batch, dim, length, device, training=False)
             record["segments_train"] = num_segments(batch, dim, length, device, training=True)
         with torch.no_grad():

@@ -35,6 +35,14 @@ def _load_taps(w_ptr, s_we, s_wk, e, e_mask, K: tl.constexpr):
 
 
 @triton.jit
+def _load_bias(bias_ptr, e, e_mask, HAS_BIAS: tl.constexpr):
+    """The per-channel bias as fp32, zeros when the conv has none."""
+    if HAS_BIAS:
+        return tl.load(bias_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
+    return tl.zeros(e.shape, tl.float32)
+
+
+@triton.jit
 def conv_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr,
     L, E, s_xb, s_xt, s_xe, s_we, s_wk,
@@ -46,11 +54,7 @@ def conv_fwd_kernel(
     e = tl.program_id(2) * BE + tl.arange(0, BE)
     e_mask = e < E
     w = _load_taps(w_ptr, s_we, s_wk, e, e_mask, K)
-    bias = (
-        tl.load(bias_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS
-        else tl.zeros([BE], tl.float32)
-    )
+    bias = _load_bias(bias_ptr, e, e_mask, HAS_BIAS)
     pre = _conv_pre(x_ptr + pid_b * s_xb + e[None, :] * s_xe, w, bias, t, e_mask, L, s_xt, K)
     y = pre * tl.sigmoid(pre) if SILU else pre
     mask = (t < L)[:, None] & e_mask[None, :]
@@ -71,11 +75,7 @@ def conv_bwd_kernel(
     e = tl.program_id(2) * BE + tl.arange(0, BE)
     e_mask = e < E
     w = _load_taps(w_ptr, s_we, s_wk, e, e_mask, K)
-    bias = (
-        tl.load(bias_ptr + e, mask=e_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS
-        else tl.zeros([BE], tl.float32)
-    )
+    bias = _load_bias(bias_ptr, e, e_mask, HAS_BIAS)
     x_base = x_ptr + pid_b * s_xb + e[None, :] * s_xe
     g_base = g_ptr + pid_b * s_gb + e[None, :] * s_ge
     dx = tl.zeros([BT, BE], tl.float32)

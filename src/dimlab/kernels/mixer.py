@@ -199,7 +199,7 @@ def mamba_inner(
         )
     x, z = _split(xz, dim)
     check_conv_inputs(x, conv_w, conv_b)
-    check_scan_inputs(x, x, A, x[..., : A.shape[1]], x[..., : A.shape[1]], D, z, dt_bias)
+    check_scan_inputs(x, x, A, None, None, D, z, dt_bias)
     params = (conv_w, conv_b, x_proj_w, dt_proj_w, out_proj_w, out_proj_b, A, D, dt_bias)
     save = torch.is_grad_enabled() and (
         xz.requires_grad or any(p is not None and p.requires_grad for p in params)

@@ -135,7 +135,10 @@ def _pow2(n: int) -> int:
 
 
 def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
-    """Raise a one-line ValueError naming the argument whose shape, dtype or device is unsupported."""
+    """Raise a one-line ValueError naming the argument whose shape, dtype or device is unsupported.
+
+    B and C may be None where the caller computes them itself (the fused mixer's x_proj).
+    """
     if u.dim() != 3:
         raise ValueError(
             f"selective_scan (triton): u must be (batch, L, d_inner), got shape {tuple(u.shape)}"
@@ -146,11 +149,10 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"selective_scan (triton): A must be (d_inner={dim}, d_state), got {tuple(A.shape)}")
     n = A.shape[1]
-    expected = {
-        "delta": (delta, (batch, length, dim)),
-        "B": (B, (batch, length, n)),
-        "C": (C, (batch, length, n)),
-    }
+    expected = {"delta": (delta, (batch, length, dim))}
+    for name, tensor in (("B", B), ("C", C)):
+        if tensor is not None:
+            expected[name] = (tensor, (batch, length, n))
     if z is not None:
         expected["z"] = (z, (batch, length, dim))
     if D is not None:
