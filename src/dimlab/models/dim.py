@@ -12,12 +12,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import TimestepEmbedding
 from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dimlab.models.layers import RMSNorm, modulate, resize_pos_embed, timestep_sinusoid, to_pair
+from dimlab.models.layers import RMSNorm, TimestepMLP, modulate, resize_pos_embed, timestep_sinusoid, to_pair
 from dimlab.models.mamba import Mamba
 from dimlab.models.scan_order import (
     PAD_FILLS,
@@ -45,13 +44,13 @@ def _keeps_init(param: nn.Parameter) -> bool:
 class AdaLNSingle(nn.Module):
     """PixArt-style adaLN-single: one (B, 3D) modulation vector shared by every block (forward step 3).
 
-    ``e = TimestepEmbedding(sinusoid_256(t)) + class_table(y)``; output ``Linear(D -> 3D)(SiLU(e))``. The class
+    ``e = TimestepMLP(sinusoid_256(t)) + class_table(y)``; output ``Linear(D -> 3D)(SiLU(e))``. The class
     table has ``num_classes + 1`` rows (the last is the null class) and no internal label dropout.
     """
 
     def __init__(self, hidden_size: int, num_classes: int) -> None:
         super().__init__()
-        self.timestep_mlp = TimestepEmbedding(ADALN_SINUSOID_DIM, hidden_size)
+        self.timestep_mlp = TimestepMLP(ADALN_SINUSOID_DIM, hidden_size)
         self.class_table = nn.Embedding(num_classes + 1, hidden_size)
         self.linear = nn.Linear(hidden_size, 3 * hidden_size)
 

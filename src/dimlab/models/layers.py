@@ -40,6 +40,25 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+class TimestepMLP(nn.Module):
+    """``Linear(in -> D) -> SiLU -> Linear(D -> D)`` on a timestep sinusoid: diffusers' ``TimestepEmbedding``.
+
+    Written here rather than imported so that the backbones need no diffusers (only the VAE does). It keeps that
+    class's parameter names (``linear_1``, ``linear_2``), creation order and default init, so official
+    checkpoints load into it and a seeded model is the same as with diffusers' class.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_channels, embed_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        """(..., in_channels) sinusoid -> (..., embed_dim) embedding."""
+        return self.linear_2(self.act(self.linear_1(sample)))
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation ``x * (1 + scale) + shift``; ``shift``/``scale`` are (B, D) and broadcast over tokens."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
