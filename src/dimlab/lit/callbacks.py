@@ -125,7 +125,9 @@ class SampleGrid(L.Callback):
         self._last_step = -1
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Check ``classes`` against the model's class count."""
+        """Check ``classes`` against the model's class count; load the VAE that decoding will need."""
+        if getattr(pl_module, "latent_space", False):
+            _ = pl_module.vae  # fail now, not at the first grid, when the VAE folder is missing
         if self.classes is None or not pl_module.hparams.class_conditional:
             return
         for label in self.classes:

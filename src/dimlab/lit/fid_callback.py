@@ -129,9 +129,12 @@ class FIDCallback(L.Callback):
         return f"FIDCallback[{self.key}]"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Load the reference statistics and the Inception network now, so that problems surface before training."""
+        """Load the reference statistics, the Inception network and the VAE now, so that problems surface
+        before training."""
         if stage != "fit" or self._metric is not None:
             return
+        if getattr(pl_module, "latent_space", False):
+            _ = pl_module.vae
 
         weights = resolve_inception_weights(self.inception_weights)
         ref = load_reference_stats(self.ref_stats_path)

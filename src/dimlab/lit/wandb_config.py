@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import wandb
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -92,6 +91,8 @@ class WandbSaveConfigCallback(SaveConfigCallback):
 
 def push_config(run, text: str, tree: dict) -> None:
     """Merge ``tree`` into ``run.config`` and log ``text`` as the ``config-<run id>`` artifact of ``run``."""
+    import wandb  # here, not at module level: a fit without a W&B logger should not pay wandb's import
+
     run.config.update(tree, allow_val_change=True)
     with tempfile.TemporaryDirectory(prefix="dimlab-config-") as tmp:
         path = Path(tmp) / "config.yaml"
