@@ -32,7 +32,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import multiprocessing
@@ -46,7 +45,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ResultLog, free_memory, is_oom, median_seconds, run_metadata  # noqa: E402 - beside this
 from dimlab.kernels import ScanConfig, selective_scan, set_scan_config  # noqa: E402
-from dimlab.kernels.scan import num_segments  # noqa: E402
+from dimlab.kernels.scan import (
+    num_segments,  # noqa: E402
+    parse_scan_config,  # noqa: E402
+)
 from dimlab.models.scan import selective_scan_torch  # noqa: E402
 
 CASES = {
@@ -105,20 +107,10 @@ def parse_configs(text: str | None) -> list[dict]:
     """'fwd_warps=1,t_sub=4;fwd_warps=4' -> [{'fwd_warps': 1, 't_sub': 4}, {'fwd_warps': 4}] ([{}] if empty)."""
     if not text:
         return [{}]
-    fields = {f.name for f in dataclasses.fields(ScanConfig)}
-    configs = []
-    for item in text.split(";"):
-        item = item.strip()
-        config = {}
-        for pair in filter(None, (p.strip() for p in item.split(","))):
-            key, _, value = pair.partition("=")
-            if key not in fields:
-                raise SystemExit(
-                    f"bench_scan: --configs: unknown field {key!r}; expected one of {sorted(fields)}"
-                )
-            config[key] = int(value)
-        configs.append(config)
-    return configs
+    try:
+        return [parse_scan_config(item, "bench_scan: --configs") for item in text.split(";")]
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
 
 
 def config_name(config: dict) -> str:

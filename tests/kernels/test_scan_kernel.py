@@ -171,6 +171,32 @@ def test_config_is_validated():
         kernel_scan.ScanConfig(fwd_warps=3)
     with pytest.raises(ValueError, match="bwd_lanes"):
         kernel_scan.ScanConfig(bwd_lanes=4)
+    with pytest.raises(ValueError, match="prefetch must be 0 to 32"):
+        kernel_scan.ScanConfig(prefetch=-1)
+    with pytest.raises(ValueError, match="prefetch_level"):
+        kernel_scan.ScanConfig(prefetch_level=3)
+
+
+def test_prefetch_hints_are_computed_but_not_issued_under_the_interpreter():
+    config = kernel_scan.ScanConfig(prefetch=8, prefetch_level=1)
+    assert config.prefetch_args() == {"PF": 8, "PF_LEVEL": 0}
+
+
+@pytest.mark.parametrize(
+    "batch,length,dim,n,lanes",
+    [
+        (1, 7, 40, 16, 1),  # a distance longer than the sequence and the chunk
+        (2, 17, 16, 4, 1),  # split into segments: forward, lambda pass and backward prefetch within a segment
+        (1, 9, 32, 16, 2),
+    ],
+)
+def test_prefetching_scan_matches_the_reference(tiny_config, batch, length, dim, n, lanes):
+    """The prefetch paths (their clamped step indices and addresses) leave every result as it was."""
+    previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, prefetch=3, bwd_lanes=lanes))
+    try:
+        check_against_reference(scan_inputs(batch, length, dim, n))
+    finally:
+        kernel_scan.set_scan_config(previous)
 
 
 def test_backward_in_batch_slices(tiny_config):

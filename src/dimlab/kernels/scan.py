@@ -16,6 +16,7 @@ inputs. mamba-ssm keeps one state per 2048 steps but also needs (batch, E, L) co
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -50,7 +51,8 @@ class ScanConfig:
         bwd_waves / bwd_rows: the backward runs on batch slices of bwd_rows rows (None: enough rows for
         bwd_waves programs per SM), which bounds its per-launch buffers. target_warps_per_sm: below this many
         warps per SM the sequence is split into segments that run in parallel (costs a second pass).
-        min_segment: the shortest segment worth splitting off.
+        min_segment: the shortest segment worth splitting off. prefetch: how many steps ahead every scan loop
+        asks for its inputs (0: not at all); prefetch_level: into which cache, 1 (L1) or 2 (L2).
     """
 
     fwd_warps: int = 1
@@ -62,6 +64,8 @@ class ScanConfig:
     bwd_rows: int | None = None
     target_warps_per_sm: int = 16
     min_segment: int = 128
+    prefetch: int = 0
+    prefetch_level: int = 2
 
     def __post_init__(self) -> None:
         if self.t_save % self.t_sub or self.t_sub < 1:
@@ -70,9 +74,48 @@ class ScanConfig:
             raise ValueError(f"ScanConfig: bwd_lanes must be 1 or 2, got {self.bwd_lanes}")
         if self.fwd_warps not in (1, 2, 4, 8):
             raise ValueError(f"ScanConfig: fwd_warps must be 1, 2, 4 or 8, got {self.fwd_warps}")
+        if not 0 <= self.prefetch <= 32:
+            raise ValueError(f"ScanConfig: prefetch must be 0 to 32 steps, got {self.prefetch}")
+        if self.prefetch_level not in (1, 2):
+            raise ValueError(
+                f"ScanConfig: prefetch_level must be 1 (L1) or 2 (L2), got {self.prefetch_level}"
+            )
+
+    def prefetch_args(self) -> dict[str, int]:
+        """The kernels' PF / PF_LEVEL: under the interpreter the addresses are computed but no hint is issued."""
+        return {"PF": self.prefetch, "PF_LEVEL": 0 if interpreting() else self.prefetch_level}
 
 
-_config = ScanConfig()
+CONFIG_ENV = "DIMLAB_SCAN_CONFIG"
+
+
+def parse_scan_config(text: str, source: str = CONFIG_ENV) -> dict[str, int | None]:
+    """``"prefetch=8,t_sub=4"`` -> ``{"prefetch": 8, "t_sub": 4}`` (``none`` for the optional fields).
+
+    Raises a one-line ValueError naming ``source``, the field and what was expected.
+    """
+    fields = {f.name for f in dataclasses.fields(ScanConfig)}
+    config: dict[str, int | None] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = (x.strip() for x in pair.partition("="))
+        if key not in fields or not sep:
+            raise ValueError(f"{source}: {pair!r} is not field=value with a field of {sorted(fields)}")
+        try:
+            config[key] = None if value.lower() == "none" else int(value)
+        except ValueError:
+            raise ValueError(f"{source}: {key}={value!r} is not an integer") from None
+    return config
+
+
+def _config_from_environment() -> ScanConfig:
+    text = os.environ.get(CONFIG_ENV, "")
+    try:
+        return ScanConfig(**parse_scan_config(text))
+    except ValueError as err:
+        raise ValueError(str(err) if str(err).startswith(CONFIG_ENV) else f"{CONFIG_ENV}: {err}") from None
+
+
+_config = _config_from_environment()
 
 
 def set_scan_config(config: ScanConfig) -> ScanConfig:
@@ -225,6 +268,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus),
         num_warps=cfg.fwd_warps,
+        **cfg.prefetch_args(),
     )
     d_f = D.float().contiguous() if D is not None else dummy
     bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
@@ -326,7 +370,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
             scan_bwd_lambda_kernel[grid_lambda](
                 delta_r, a2t, c_r, z_r, bias_f, g_r, mu, dtsum, length, dim, seg_len,
                 *delta_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
-                N=n, BE=32, NV=nv, num_warps=1, **flags,
+                N=n, BE=32, NV=nv, num_warps=1, **flags, **cfg.prefetch_args(),
             )  # fmt: skip
             lamin = torch.empty_like(mu)
             scan_carry_kernel[(rb, n_eb_lambda)](
@@ -342,6 +386,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
             N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
             HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
+            **cfg.prefetch_args(),
             **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
         )  # fmt: skip
         dB[sl] = db_part[:rb].sum(1)

@@ -95,6 +95,44 @@ def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None
 
 
 @triton.jit
+def _prefetch(ptr, LEVEL: tl.constexpr):
+    """Ask for the cache line of every address of ``ptr`` ahead of its load: into L1 (``LEVEL`` 1) or L2 (2).
+
+    A hint (PTX ``prefetch``) that keeps no register, so a step's loads can be requested several steps early
+    without the register cost of loading them early. Triton has no prefetch op, hence the inline assembly;
+    the interpreter cannot run it, so the launchers pass ``LEVEL`` 0 there (addresses computed, nothing issued).
+    """
+    if LEVEL == 1:
+        tl.inline_asm_elementwise(
+            "prefetch.global.L1 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32, is_pure=False, pack=1
+        )
+    elif LEVEL == 2:
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32, is_pure=False, pack=1
+        )
+
+
+@triton.jit
+def _prefetch_step(t, lo, hi, base0, s0, base1, s1, base2, s2, base3, s3, row0, r0, row1, r1,
+                   NR: tl.constexpr, LEVEL: tl.constexpr):  # fmt: skip
+    """Prefetch step t (clamped into [lo, hi - 1]) of up to four per-lane streams (``base*`` None: skipped)
+    and ``NR`` B / C rows (one line each, same address in every lane)."""
+    t = tl.minimum(tl.maximum(t, lo), hi - 1)
+    if base0 is not None:
+        _prefetch(base0 + t * s0, LEVEL)
+    if base1 is not None:
+        _prefetch(base1 + t * s1, LEVEL)
+    if base2 is not None:
+        _prefetch(base2 + t * s2, LEVEL)
+    if base3 is not None:
+        _prefetch(base3 + t * s3, LEVEL)
+    if NR >= 1:
+        _prefetch(row0 + t * r0, LEVEL)
+    if NR >= 2:
+        _prefetch(row1 + t * r1, LEVEL)
+
+
+@triton.jit
 def _load_vec(ptr, mask):
     """A [BE] vector as fp32."""
     return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
@@ -219,9 +257,13 @@ def scan_fwd_kernel(
     s_ub, s_ut, s_ue, s_db, s_dt, s_de, s_bb, s_bt, s_bn, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze, s_ob, s_ot,
     N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_INIT: tl.constexpr, SAVE: tl.constexpr, STATE_ONLY: tl.constexpr,
+    HAS_INIT: tl.constexpr, SAVE: tl.constexpr, STATE_ONLY: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
 ):  # fmt: skip
-    """One (batch row, channel block, segment): the scan over the segment (see the module docstring)."""
+    """One (batch row, channel block, segment): the scan over the segment (see the module docstring).
+
+    With ``PF`` > 0 the inputs of step t + PF are prefetched (into L1 or L2, ``PF_LEVEL``) while step t runs:
+    a step's loads otherwise wait a full memory latency, since the recurrence keeps few warps busy per SM.
+    """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_e = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -244,8 +286,21 @@ def scan_fwd_kernel(
     c_base = c_ptr + pid_b * s_cb
     t_lo = pid_s * seg_len
     t_hi = tl.minimum(t_lo + seg_len, L)
+    if PF > 0:
+        ec = tl.minimum(e, E - 1)  # prefetch addresses stay inside the tensors
+        pf_u = u_ptr + pid_b * s_ub + ec * s_ue
+        pf_d = dl_ptr + pid_b * s_db + ec * s_de
+        pf_z = z_ptr + pid_b * s_zb + ec * s_ze if HAS_Z and not STATE_ONLY else None
+        pf_b = b_base + 0 * ec
+        pf_c = c_base + 0 * ec
+        for pk in tl.static_range(PF):
+            _prefetch_step(t_lo + pk, t_lo, t_hi, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, None, 0,
+                           pf_b, s_bt, pf_c, s_ct, 1 if STATE_ONLY else 2, PF_LEVEL)  # fmt: skip
     dsum = tl.zeros([BE], tl.float32)
     for t in range(t_lo, t_hi):
+        if PF > 0:
+            _prefetch_step(t + PF, t_lo, t_hi, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, None, 0,
+                           pf_b, s_bt, pf_c, s_ct, 1 if STATE_ONLY else 2, PF_LEVEL)  # fmt: skip
         if SAVE:  # noqa: SIM102 - a constexpr test around a run-time one
             if t % T_SAVE == 0:
                 _store_state(states_ptr + (pid_b * n_chunks + t // T_SAVE) * N * E, E, e, emask, h, N)
@@ -310,7 +365,7 @@ def scan_bwd_lambda_kernel(
     L, E, seg_len,
     s_db, s_dt, s_de, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze, s_gb, s_gt, s_ge,
     N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 of a split backward: the adjoint a segment sends to its left neighbour from a zero start.
 
@@ -331,10 +386,22 @@ def scan_bwd_lambda_kernel(
     c_base = c_ptr + pid_b * s_cb
     t_lo = pid_s * seg_len
     t_hi = tl.minimum(t_lo + seg_len, L)
+    if PF > 0:
+        ec = tl.minimum(e, E - 1)
+        pf_d = dl_ptr + pid_b * s_db + ec * s_de
+        pf_z = z_ptr + pid_b * s_zb + ec * s_ze if HAS_Z else None
+        pf_g = g_ptr + pid_b * s_gb + ec * s_ge
+        pf_c = c_base + 0 * ec
+        for pk in tl.static_range(PF):
+            _prefetch_step(t_hi - 1 - pk, t_lo, t_hi, pf_d, s_dt, pf_z, s_zt, pf_g, s_gt, None, 0,
+                           pf_c, s_ct, None, 0, 1, PF_LEVEL)  # fmt: skip
     lam = _zeros_tuple(BE, N)
     dsum = tl.zeros([BE], tl.float32)
     for i in range(t_hi - t_lo):
         t = t_hi - 1 - i
+        if PF > 0:
+            _prefetch_step(t - PF, t_lo, t_hi, pf_d, s_dt, pf_z, s_zt, pf_g, s_gt, None, 0,
+                           pf_c, s_ct, None, 0, 1, PF_LEVEL)  # fmt: skip
         dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, emask), bias, HAS_BIAS, SOFTPLUS)
         gy = _load_vec(g_base + t * s_gt, emask)
         if HAS_Z:
@@ -384,7 +451,7 @@ def scan_bwd_kernel(
     N: tl.constexpr, LPC: tl.constexpr, P: tl.constexpr, K: tl.constexpr, DUP: tl.constexpr,
     LEVELS: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr, T_SUB: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_LAMIN: tl.constexpr, WRITE_Y: tl.constexpr,
+    HAS_LAMIN: tl.constexpr, WRITE_Y: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
 ):  # fmt: skip
     """One (batch row, 32 / LPC channels, segment) of the backward pass; one warp (see the module docstring).
 
@@ -392,7 +459,8 @@ def scan_bwd_kernel(
     and hold N / 2 states each (half the registers, so twice the warps fit on an SM), their sums over the states
     joined by one shuffle. Outputs: du, d delta, dz (input dtypes, (B, L, E) contiguous), the gated output y if
     ``WRITE_Y`` (for an out-projection's weight gradient), per-warp partials of dB and dC ((B, E*LPC/32, L, N)
-    fp32) and per-program partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)).
+    fp32) and per-program partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)). ``PF`` > 0: level 1 prefetches
+    u, delta, B ``PF`` steps ahead of its walk and level 2 all six inputs ``PF`` steps ahead of its own (backwards).
     """
     BE: tl.constexpr = 32
     CH: tl.constexpr = 32 // LPC
@@ -432,6 +500,14 @@ def scan_bwd_kernel(
     t_hi = tl.minimum(t_lo + seg_len, L)
     c_lo = t_lo // T_SAVE
     c_hi = (t_hi + T_SAVE - 1) // T_SAVE
+    if PF > 0:
+        ec = tl.minimum(e, E - 1)
+        pf_u = u_ptr + pid_b * s_ub + ec * s_ue
+        pf_d = dl_ptr + pid_b * s_db + ec * s_de
+        pf_z = z_ptr + pid_b * s_zb + ec * s_ze if HAS_Z else None
+        pf_g = g_ptr + pid_b * s_gb + ec * s_ge
+        pf_b = b_base + 0 * ec
+        pf_c = c_base + 0 * ec
     for ci in range(c_hi - c_lo):
         c = c_hi - 1 - ci
         t_c = c * T_SAVE
@@ -439,18 +515,33 @@ def scan_bwd_kernel(
         h = _load_state(states_ptr + (pid_b * n_chunks + c) * N * E, E, e, emask, NH, nb)
         # level 1: the state entering every T_SUB-th step of the chunk, into this program's scratch
         if NSUB > 1:
+            if PF > 0:
+                for pk in tl.static_range(PF):
+                    _prefetch_step(t_c + pk, t_c, t_ce, pf_u, s_ut, pf_d, s_dt, None, 0, None, 0,
+                                   pf_b, s_bt, None, 0, 1, PF_LEVEL)  # fmt: skip
             for j in range(NSUB):
                 _store_state(scratch + j * NH * BE, BE, 0, emask, h, NH)
                 for k in range(T_SUB):  # a run-time loop: unrolling it would only lengthen compilation
                     t = t_c + j * T_SUB + k
+                    if PF > 0:
+                        _prefetch_step(t + PF, t_c, t_ce, pf_u, s_ut, pf_d, s_dt, None, 0, None, 0,
+                                       pf_b, s_bt, None, 0, 1, PF_LEVEL)  # fmt: skip
                     h, _u, _dt, _dr = _recompute_step(
                         h, a2, bias, u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
                         emask & (t < t_ce), nb, NH, NV, LPC, HAS_BIAS, SOFTPLUS,
                     )  # fmt: skip
         # level 2: sub-chunks last first; states in registers, adjoint backwards
+        if PF > 0:
+            for pk in tl.static_range(PF):
+                _prefetch_step(t_ce - 1 - pk, t_c, t_ce, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, pf_g, s_gt,
+                               pf_b, s_bt, pf_c, s_ct, 2, PF_LEVEL)  # fmt: skip
         for jj in range(NSUB):
             j = NSUB - 1 - jj
             t_s = t_c + j * T_SUB
+            if PF > 0:
+                for pk in tl.static_range(T_SUB):
+                    _prefetch_step(t_s + pk - PF, t_c, t_ce, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, pf_g, s_gt,
+                                   pf_b, s_bt, pf_c, s_ct, 2, PF_LEVEL)  # fmt: skip
             if t_s < t_ce:
                 if NSUB > 1:
                     h = _load_state(scratch + j * NH * BE, BE, 0, emask, NH)
