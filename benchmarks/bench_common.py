@@ -10,6 +10,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -52,7 +53,10 @@ def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, 
 
 
 def git_commit() -> str:
-    """Current commit of the checkout, or 'unknown'."""
+    """Current commit of the checkout, or 'unknown'; ``DIMLAB_COMMIT`` overrides it (a copied checkout whose
+    ``.git`` is stale, as on the device machine)."""
+    if os.environ.get("DIMLAB_COMMIT"):
+        return os.environ["DIMLAB_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10

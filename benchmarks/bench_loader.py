@@ -167,7 +167,7 @@ def time_loader(
     samples = batches * batch_size
     return {
         "samples_per_s": samples / elapsed,
-        "samples_per_cpu_s": samples / cpu,
+        "samples_per_cpu_s": samples / cpu if cpu > 0 else float("nan"),
         "wall_s": elapsed,
         "cpu_s": cpu,
         "batch_shape": list(batch["x"].shape),

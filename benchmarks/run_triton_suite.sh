@@ -10,12 +10,17 @@
 #   ktests     tests/kernels (the interpreter tests, compiled on the GPU) and tests/gpu/test_triton_gpu.py without
 #              the mamba-ssm comparisons
 #   scan       bench_scan.py: the scan alone, Triton launch configurations ($SCAN_CONFIGS) vs mamba-ssm's kernel
+#   pick       pick_scan_config.py on the scan stage's results: the fastest configuration is exported as
+#              DIMLAB_SCAN_CONFIG for every later stage (unless DIMLAB_SCAN_CONFIG was set already)
 #   train      bench_train.py: DiM-S/2 vs U-ViT-S/2 (batch 128), DiM-H/2 vs U-ViT-H/2 (256 px, batch 64), Triton
 #   sampling   bench_sampling.py: DiM-H/2 vs U-ViT-H/2 per NFE with CFG, batch 1 and 8, eager and CUDA graphs
 #   mixer      bench_mixer.py: the whole mixer, Triton vs mamba-ssm (needs causal-conv1d too)
 #   train_cuda bench_train.py: DiM-S/2 and DiM-H/2 with mamba-ssm's kernels, for the side-by-side table
 #   memory     largest DiM-H/2 batch at 256 and 512 px, eager and activation checkpointing, Triton vs mamba-ssm
 #   profile    profile_train.py: where a DiM step's time goes with the Triton kernels
+#   profile_sampling  profile_sampling.py: where a guided NFE's time goes, DiM-H/2 and U-ViT-H/2, CUDA graphs
+#   fit_e2e    bench_fit_e2e.py: `dimlab fit` of the DiM-H/2 recipe on synthetic latent shards, against the
+#              train stage's bench_train.py figure (train_h2.json)
 #   mtests     tests/gpu against mamba-ssm (kernel parity, the bf16 dimlab fit loss curve)
 # Environment: OUT (default ./triton_out), PYTHON (default python3), STAGES, SCAN_CONFIGS (';'-separated
 # ScanConfig fields for the scan stage), WARM_WORKERS (default 12). NVLink multicast stays off
@@ -62,6 +67,13 @@ stage ktests 170 "$PYTHON" -m pytest -q -p no:cacheprovider -n 8 tests/kernels t
 
 stage scan 150 "$PYTHON" benchmarks/bench_scan.py --configs "$SCAN_CONFIGS" --out "$OUT/scan.json"
 
+stage pick 30 "$PYTHON" benchmarks/pick_scan_config.py "$OUT/scan.json" --write "$OUT/picked_config.txt"
+if [[ -z "${DIMLAB_SCAN_CONFIG:-}" && -s "$OUT/picked_config.txt" ]]; then
+    DIMLAB_SCAN_CONFIG="$(head -1 "$OUT/picked_config.txt")"
+    export DIMLAB_SCAN_CONFIG
+fi
+echo "DIMLAB_SCAN_CONFIG='${DIMLAB_SCAN_CONFIG:-}' for the stages that follow"
+
 stage train 170 "$PYTHON" benchmarks/bench_train.py --models dim_s2,uvit_s2 --batch 128 --scan-backend triton \
     --steps 10 --warmup 3 --out "$OUT/train_small.json"
 stage train 170 "$PYTHON" benchmarks/bench_train.py --models dim_h2,uvit_h2 --batch 64 --scan-backend triton \
@@ -84,6 +96,12 @@ stage memory 200 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PYTHON" 
 
 stage profile 120 "$PYTHON" benchmarks/profile_train.py --models dim_s2,dim_h2 --scan-backend triton --steps 3 \
     --warmup 3 --out "$OUT/profile.json"
+
+stage profile_sampling 150 "$PYTHON" benchmarks/profile_sampling.py --models dim_h2,uvit_h2 --scan-backend triton \
+    --resolutions 256,1024,2048 --batches 1,8 --cuda-graphs --out "$OUT/profile_sampling.json"
+
+stage fit_e2e 200 "$PYTHON" benchmarks/bench_fit_e2e.py --steps 40 --batch 64 --workers 8 --compare "$OUT/train_h2.json" \
+    --out "$OUT/fit_e2e.json"
 
 stage mtests 200 "$PYTHON" -m pytest -q -p no:cacheprovider tests/gpu/test_triton_gpu.py tests/gpu/test_kernel_parity.py \
     -k "mamba_ssm or auto_picks" --junitxml="$OUT/mtests.xml"
