@@ -32,8 +32,8 @@ OUT="${OUT:-./triton_out}"
 mkdir -p "$OUT"
 PYTHON="${PYTHON:-python3}"
 STAGES="${STAGES:-env warm ktests scan train sampling}"
-# the defaults ("" = ScanConfig()), then the variants still to be timed: two lanes per channel in the backward
-SCAN_CONFIGS="${SCAN_CONFIGS:-;t_sub=4;bwd_lanes=2;bwd_lanes=2,t_sub=4;bwd_lanes=2,bwd_maxnreg=128;fwd_warps=2}"
+# the defaults ("" = ScanConfig()), no prefetching at all (the defaults before 2026-12-03), and neighbours of the defaults
+SCAN_CONFIGS="${SCAN_CONFIGS:-;prefetch=0,fwd_prefetch=0;prefetch=6;fwd_prefetch=8;fwd_prefetch_max_warps=64}"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1

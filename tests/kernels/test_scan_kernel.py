@@ -6,6 +6,9 @@ On CPU the kernels run in Triton's interpreter (tiny shapes); on a GPU the same 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -175,6 +178,34 @@ def test_config_is_validated():
         kernel_scan.ScanConfig(prefetch=-1)
     with pytest.raises(ValueError, match="prefetch_level"):
         kernel_scan.ScanConfig(prefetch_level=3)
+    with pytest.raises(ValueError, match="fwd_prefetch must be 0 to 32"):
+        kernel_scan.ScanConfig(fwd_prefetch=33)
+
+
+def test_forward_prefetches_only_at_low_occupancy():
+    config = kernel_scan.ScanConfig(fwd_prefetch=4, fwd_prefetch_max_warps=24)
+    assert config.forward_prefetch(16.0) == 4  # sampling shapes: few warps per SM
+    assert config.forward_prefetch(31.0) == 0  # training batches: other warps hide the latency
+    assert config.prefetch_args(config.forward_prefetch(16.0))["PF"] == 4
+
+
+def test_scan_config_from_text_and_environment():
+    assert kernel_scan.parse_scan_config("prefetch=8, bwd_rows=none") == {"prefetch": 8, "bwd_rows": None}
+    assert kernel_scan.parse_scan_config("") == {}
+    with pytest.raises(ValueError, match=r"^DIMLAB_SCAN_CONFIG: 'prefetch' is not field=value"):
+        kernel_scan.parse_scan_config("prefetch")
+    with pytest.raises(ValueError, match=r"^src: t_sub='two' is not an integer"):
+        kernel_scan.parse_scan_config("t_sub=two", "src")
+    code = "from dimlab.kernels.scan import get_scan_config as g; c = g(); print(c.prefetch, c.t_sub)"
+    env = {**os.environ, "DIMLAB_SCAN_CONFIG": "prefetch=2,t_sub=4"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "4"]
+    env["DIMLAB_SCAN_CONFIG"] = "fwd_warps=3"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert (
+        done.returncode != 0
+        and "DIMLAB_SCAN_CONFIG: ScanConfig: fwd_warps must be 1, 2, 4 or 8" in done.stderr
+    )
 
 
 def test_prefetch_hints_are_computed_but_not_issued_under_the_interpreter():
@@ -188,11 +219,16 @@ def test_prefetch_hints_are_computed_but_not_issued_under_the_interpreter():
         (1, 7, 40, 16, 1),  # a distance longer than the sequence and the chunk
         (2, 17, 16, 4, 1),  # split into segments: forward, lambda pass and backward prefetch within a segment
         (1, 9, 32, 16, 2),
+        (2, 17, 16, 4, 0),  # lanes 0 here: one lane and no prefetch at all, the PF=0 code path
     ],
 )
 def test_prefetching_scan_matches_the_reference(tiny_config, batch, length, dim, n, lanes):
     """The prefetch paths (their clamped step indices and addresses) leave every result as it was."""
-    previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, prefetch=3, bwd_lanes=lanes))
+    steps = 3 if lanes else 0
+    config = dataclasses.replace(
+        tiny_config, prefetch=steps, fwd_prefetch=steps, fwd_prefetch_max_warps=32, bwd_lanes=max(lanes, 1)
+    )
+    previous = kernel_scan.set_scan_config(config)
     try:
         check_against_reference(scan_inputs(batch, length, dim, n))
     finally:
