@@ -6,7 +6,9 @@ Shapes (batch x L x E, N = 16, bf16 inputs, fp32 A/D/delta_bias, z gating, softp
     l2_train       64 x   366 x 2048   DiM-L/2 training at 256 px
     h2_train       64 x   366 x 3072   DiM-H/2 training at 256 px
     h2_512_train   16 x  1230 x 3072   DiM-H/2 fine-tuning at 512 px
+    h2_256_cfg      2 x   366 x 3072   DiM-H/2 sampling at 256 px, batch 1 with CFG
     h2_1024_cfg     2 x  4494 x 3072   DiM-H/2 sampling at 1024 px, batch 1 with CFG
+    h2_1024_b8_cfg 16 x  4494 x 3072   DiM-H/2 sampling at 1024 px, batch 8 with CFG
     h2_2048_cfg     2 x 17166 x 3072   DiM-H/2 sampling at 2048 px, batch 1 with CFG
 
 Each case times ``fwd`` (no autograd: sampling) and ``fwd+bwd`` (forward keeping what the backward needs, then
@@ -56,7 +58,9 @@ CASES = {
     "l2_train": (64, 366, 2048),
     "h2_train": (64, 366, 3072),
     "h2_512_train": (16, 1230, 3072),
+    "h2_256_cfg": (2, 366, 3072),
     "h2_1024_cfg": (2, 4494, 3072),
+    "h2_1024_b8_cfg": (16, 4494, 3072),
     "h2_2048_cfg": (2, 17166, 3072),
 }
 QUICK_CASES = {"tiny": (1, 9, 32), "tiny_split": (1, 40, 32)}

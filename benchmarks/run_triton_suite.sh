@@ -57,7 +57,7 @@ for length in 366 1230 2606 4494 6894 9806 17166; do
     WARM_JOBS+=",mixer:1536:2:$length:nograd,mixer:1536:16:$length:nograd"
 done
 IFS=';' read -r -a CONFIG_LIST <<<"$SCAN_CONFIGS"
-for case in s2_train l2_train h2_train h2_512_train h2_1024_cfg h2_2048_cfg; do
+for case in s2_train l2_train h2_train h2_512_train h2_256_cfg h2_1024_cfg h2_1024_b8_cfg h2_2048_cfg; do
     for config in "${CONFIG_LIST[@]}"; do WARM_JOBS+=",scan:$case:${config//,/+}"; done
 done
 stage warm 200 "$PYTHON" benchmarks/warm_triton_cache.py --workers "${WARM_WORKERS:-12}" --jobs "$WARM_JOBS"

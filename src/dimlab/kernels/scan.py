@@ -50,8 +50,9 @@ class ScanConfig:
         warps per SM; needs an even N, else 1 is used; not yet timed on a GPU, hence off).
         bwd_waves / bwd_rows: the backward runs on batch slices of bwd_rows rows (None: enough rows for
         bwd_waves programs per SM), which bounds its per-launch buffers. target_warps_per_sm: below this many
-        warps per SM the sequence is split into segments that run in parallel (costs a second pass).
-        min_segment: the shortest segment worth splitting off. prefetch: how many steps ahead the backward's
+        warps per SM the sequence is split into segments that run in parallel (costs a second pass);
+        infer_target_warps_per_sm: the same for a forward that keeps no states (sampling; None: as in training).
+        min_segment: the shortest segment worth splitting off (training segments are at least t_save long). prefetch: how many steps ahead the backward's
         loops ask for their inputs (0: not at all); prefetch_level: into which cache, 1 (L1) or 2 (L2).
         fwd_prefetch: the same for the forward, which uses it only when its launch has at most
         fwd_prefetch_max_warps warps per SM: on the H200 prefetching 4 steps ahead made the forward 9-27%
@@ -67,6 +68,7 @@ class ScanConfig:
     bwd_waves: int = 32
     bwd_rows: int | None = None
     target_warps_per_sm: int = 16
+    infer_target_warps_per_sm: int | None = None
     min_segment: int = 128
     prefetch: int = 4
     prefetch_level: int = 2
@@ -163,7 +165,10 @@ def num_segments(batch: int, dim: int, length: int, device: torch.device, traini
     """How many time segments to scan in parallel: 1 unless batch * channels leaves the GPU mostly idle."""
     cfg = _config
     warps = batch * math.ceil(dim / 32)
-    target = cfg.target_warps_per_sm * _num_sms(device)
+    per_sm = cfg.target_warps_per_sm
+    if not training and cfg.infer_target_warps_per_sm is not None:
+        per_sm = cfg.infer_target_warps_per_sm
+    target = per_sm * _num_sms(device)
     if warps * 2 > target:
         return 1
     unit = cfg.t_save if training else 1
