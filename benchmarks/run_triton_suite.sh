@@ -16,6 +16,8 @@
 #   sampling   bench_sampling.py: DiM-H/2 vs U-ViT-H/2 per NFE with CFG, batch 1 and 8, eager and CUDA graphs
 #   mixer      bench_mixer.py: the whole mixer, Triton vs mamba-ssm (needs causal-conv1d too)
 #   train_cuda bench_train.py: DiM-S/2 and DiM-H/2 with mamba-ssm's kernels, for the side-by-side table
+#   train_compile  bench_train.py: DiM-S/2 and DiM-H/2 eager vs torch.compile (the Triton ops are custom ops, so
+#              Inductor can fuse the norms, casts, gathers and pointwise work around them)
 #   memory     largest DiM-H/2 batch at 256 and 512 px, eager and activation checkpointing, Triton vs mamba-ssm
 #   profile    profile_train.py: where a DiM step's time goes with the Triton kernels
 #   profile_sampling  profile_sampling.py: where a guided NFE's time goes, DiM-H/2 and U-ViT-H/2, CUDA graphs
@@ -89,6 +91,11 @@ stage train_cuda 150 "$PYTHON" benchmarks/bench_train.py --models dim_s2 --batch
     --steps 10 --warmup 3 --out "$OUT/train_small_cuda.json"
 stage train_cuda 150 "$PYTHON" benchmarks/bench_train.py --models dim_h2 --batch 64 --scan-backend triton,cuda \
     --steps 6 --warmup 2 --out "$OUT/train_h2_cuda.json"
+
+stage train_compile 240 "$PYTHON" benchmarks/bench_train.py --models dim_s2 --batch 128 --scan-backend triton \
+    --variants eager,compile --steps 10 --warmup 3 --out "$OUT/train_small_compile.json"
+stage train_compile 240 "$PYTHON" benchmarks/bench_train.py --models dim_h2 --batch 64 --scan-backend triton \
+    --variants eager,compile --steps 6 --warmup 2 --out "$OUT/train_h2_compile.json"
 
 stage memory 200 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PYTHON" benchmarks/bench_train.py \
     --models dim_h2,dim_h2_512 --variants eager,ckpt --scan-backend triton,cuda --find-max-batch \

@@ -1,0 +1,25 @@
+"""torch.compile traces a whole DiM block on the Triton kernels without a graph break (issue 15: compile must be
+able to fuse the norms, casts, gathers and pointwise work around the custom ops)."""
+
+from __future__ import annotations
+
+import torch
+from kernel_cases import DEVICE, rel_err
+
+from dimlab.models.dim import DiMBlock
+
+
+def test_compile_traces_a_dim_block_without_graph_breaks(tiny_config):
+    torch.manual_seed(5)
+    block = DiMBlock(16, d_state=4, d_conv=3, expand=2, scan_backend="triton", skip_fusion="sum").to(DEVICE)
+    h = torch.randn(2, 6, 16, device=DEVICE, requires_grad=True)
+    skip = torch.randn(2, 6, 16, device=DEVICE)
+    tmod = torch.randn(2, 48, device=DEVICE)
+    order = torch.tensor([5, 4, 3, 2, 1, 0], device=DEVICE)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)  # fullgraph: a break is an error
+    out = compiled(h, tmod, skip, order)
+    eager = block(h, tmod, skip, order)
+    assert rel_err(out, eager) < 1e-6
+    (grad,) = torch.autograd.grad(out.square().sum(), h)
+    (grad_eager,) = torch.autograd.grad(eager.square().sum(), h)
+    assert rel_err(grad, grad_eager) < 1e-5
