@@ -23,3 +23,18 @@ def test_compile_traces_a_dim_block_without_graph_breaks(tiny_config):
     (grad,) = torch.autograd.grad(out.square().sum(), h)
     (grad_eager,) = torch.autograd.grad(eager.square().sum(), h)
     assert rel_err(grad, grad_eager) < 1e-5
+
+
+def test_compile_traces_a_whole_dim_from_its_first_call(tiny_config):
+    """No eager warm-up: the index plan of the native grid exists before the first traced call."""
+    from tiny_models import tiny_dim
+
+    torch.manual_seed(6)
+    model = tiny_dim(scan_backend="triton", depth=1).to(DEVICE)
+    x, t, y = (
+        torch.randn(2, 1, 8, 8, device=DEVICE),
+        torch.tensor([3.0, 700.0], device=DEVICE),
+        torch.tensor([1, 2]),
+    )
+    out = torch.compile(model, backend="aot_eager", fullgraph=True)(x, t, y.to(DEVICE))
+    assert rel_err(out, model(x, t, y.to(DEVICE))) < 1e-6

@@ -249,6 +249,10 @@ class DiM(nn.Module):
         self.final_proj = nn.Linear(hidden_size, patch_size * patch_size * self.out_channels)
 
         self._plans: dict[tuple[int, int, str], GridIndexPlan] = {}
+        # The native grid's plan is built now, on the CPU: inside a torch.compile trace its construction is
+        # data-dependent (fullgraph fails, the default mode breaks the graph), while copying it to a device is not.
+        with torch.device("cpu"):  # also when the model is built on the meta device
+            self.index_plan(self.grid_size)
         self._pos_cache: dict[tuple[Any, ...], torch.Tensor] = {}
         self._init_weights()
 
@@ -307,13 +311,17 @@ class DiM(nn.Module):
         key = (grid[0], grid[1], str(device))
         plan = self._plans.get(key)
         if plan is None:
-            cpu_plan = build_grid_plan(
-                PaddedGrid(grid[0], grid[1], self.line_pad_len),
-                self.schedule,
-                num_cond=NUM_COND_TOKENS,
-                num_separators=self.num_separators,
-                fill=self.pad_fill,
-            )
+            cpu_key = (grid[0], grid[1], "cpu")
+            cpu_plan = self._plans.get(cpu_key)
+            if cpu_plan is None:
+                cpu_plan = build_grid_plan(
+                    PaddedGrid(grid[0], grid[1], self.line_pad_len),
+                    self.schedule,
+                    num_cond=NUM_COND_TOKENS,
+                    num_separators=self.num_separators,
+                    fill=self.pad_fill,
+                )
+                self._plans[cpu_key] = cpu_plan
             plan = cpu_plan.to(device)
             self._plans[key] = plan
         return plan
