@@ -47,10 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import ResultLog, free_memory, is_oom, median_seconds, run_metadata  # noqa: E402 - beside this
 from dimlab.kernels import ScanConfig, selective_scan, set_scan_config  # noqa: E402
-from dimlab.kernels.scan import (
-    num_segments,  # noqa: E402
-    parse_scan_config,  # noqa: E402
-)
+from dimlab.kernels.scan import num_segments, parse_scan_config  # noqa: E402
 from dimlab.models.scan import selective_scan_torch  # noqa: E402
 
 CASES = {

@@ -47,7 +47,7 @@ class ScanConfig:
         built for sm_90 on a 2-core CPU, minutes at 8) and 2 and 4 ran equally fast on an H200. bwd_maxnreg: a
         register cap for the backward (None: the compiler's choice, 255). bwd_lanes: lanes per channel in the
         backward, 1 or 2 (2: each lane holds half of a channel's states, about half the registers, twice the
-        warps per SM; needs an even N, else 1 is used; not yet timed on a GPU, hence off).
+        warps per SM; needs an even N, else 1 is used; 13-21% slower at the training shapes on an H200, so off).
         bwd_waves / bwd_rows: the backward runs on batch slices of bwd_rows rows (None: enough rows for
         bwd_waves programs per SM), which bounds its per-launch buffers. target_warps_per_sm: below this many
         warps per SM the sequence is split into segments that run in parallel (costs a second pass), as many
@@ -55,8 +55,9 @@ class ScanConfig:
         that keeps no states (sampling) aims at instead (None: target_warps_per_sm). min_segment: the shortest
         segment worth splitting off (training segments are at least t_save long, so below t_save it only
         changes sampling). On the H200 infer_target_warps_per_sm=32 and min_segment=32 made the sampling
-        scan 15-19% faster at batch 1 (1024-2048 px) and 38% faster at 256 px; batch 8 is not split. prefetch: how many steps ahead the backward's
-        loops ask for their inputs (0: not at all); prefetch_level: into which cache, 1 (L1) or 2 (L2).
+        scan 15-19% faster at batch 1 (1024-2048 px) and 38% faster at 256 px; batch 8 is not split.
+        prefetch: how many steps ahead the backward's loops ask for their inputs (0: not at all);
+        prefetch_level: into which cache, 1 (L1) or 2 (L2).
         fwd_prefetch: the same for the forward, which uses it only when its launch has at most
         fwd_prefetch_max_warps warps per SM: on the H200 prefetching 4 steps ahead made the forward 9-27%
         faster at 12-16 warps per SM (512 px fine-tuning, the sampling shapes) and 6-8% slower at 31-47 (the
@@ -170,12 +171,13 @@ def num_segments(batch: int, dim: int, length: int, device: torch.device, traini
     """How many time segments to scan in parallel: 1 unless batch * channels leaves the GPU mostly idle."""
     cfg = _config
     warps = batch * math.ceil(dim / 32)
-    if warps * 2 > cfg.target_warps_per_sm * _num_sms(device):
+    sms = _num_sms(device)
+    if warps * 2 > cfg.target_warps_per_sm * sms:
         return 1
     per_sm = cfg.target_warps_per_sm
     if not training and cfg.infer_target_warps_per_sm is not None:
         per_sm = cfg.infer_target_warps_per_sm
-    target = per_sm * _num_sms(device)
+    target = per_sm * sms
     unit = cfg.t_save if training else 1
     longest = max(1, length // max(cfg.min_segment, unit))
     return max(1, min(math.ceil(target / warps), longest))

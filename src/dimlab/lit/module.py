@@ -186,7 +186,7 @@ class DiffusionModule(L.LightningModule):
         """Load the VAE now (a missing folder fails before the first step) unless the data are latent shards:
         then only decoding needs it, and the callbacks that decode (SampleGrid, FIDCallback) load it in their
         own ``setup``, so training on latents works without the VAE folder on the machine."""
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self._trainer, "datamodule", None)
         if self.latent_space and self._vae is None and getattr(datamodule, "kind", None) != "latents":
             self._vae = self._load_vae()
 
