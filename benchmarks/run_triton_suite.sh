@@ -16,8 +16,10 @@
 #   sampling   bench_sampling.py: DiM-H/2 vs U-ViT-H/2 per NFE with CFG, batch 1 and 8, eager and CUDA graphs
 #   mixer      bench_mixer.py: the whole mixer, Triton vs mamba-ssm (needs causal-conv1d too)
 #   train_cuda bench_train.py: DiM-S/2 and DiM-H/2 with mamba-ssm's kernels, for the side-by-side table
-#   train_compile  bench_train.py: DiM-S/2 and DiM-H/2 eager vs torch.compile (the Triton ops are custom ops, so
-#              Inductor can fuse the norms, casts, gathers and pointwise work around them)
+#   train_compile  bench_train.py: DiM-S/2 (eager, torch.compile, CUDA graphs) and DiM-H/2 (eager, compile); the
+#              Triton ops are custom ops, so Inductor can fuse the norms, casts, gathers and pointwise work around them
+#   ncu        Nsight Compute on the scan and conv kernels at the DiM-S/2 and DiM-H/2 training shapes (ncu_scan.py):
+#              registers, occupancy, issue-slot use, warp stall reasons (ncu_*.txt)
 #   memory     largest DiM-H/2 batch at 256 and 512 px, eager and activation checkpointing, Triton vs mamba-ssm
 #   profile    profile_train.py: where a DiM step's time goes with the Triton kernels
 #   profile_sampling  profile_sampling.py: where a guided NFE's time goes, DiM-H/2 and U-ViT-H/2, CUDA graphs
@@ -93,9 +95,18 @@ stage train_cuda 150 "$PYTHON" benchmarks/bench_train.py --models dim_h2 --batch
     --steps 6 --warmup 2 --out "$OUT/train_h2_cuda.json"
 
 stage train_compile 240 "$PYTHON" benchmarks/bench_train.py --models dim_s2 --batch 128 --scan-backend triton \
-    --variants eager,compile --steps 10 --warmup 3 --out "$OUT/train_small_compile.json"
+    --variants eager,compile,graphs --steps 10 --warmup 3 --out "$OUT/train_small_compile.json"
 stage train_compile 240 "$PYTHON" benchmarks/bench_train.py --models dim_h2 --batch 64 --scan-backend triton \
     --variants eager,compile --steps 6 --warmup 2 --out "$OUT/train_h2_compile.json"
+
+NCU_SECTIONS=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+    --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
+    --section InstructionStats --print-details all)
+for case in s2_train h2_train; do
+    stage ncu 120 bash -c 'ncu --clock-control none -k "regex:scan_fwd_kernel|scan_bwd_kernel|conv_fwd_kernel|conv_bwd_kernel" \
+        -c 8 "${@:4}" "$1" benchmarks/ncu_scan.py --case "$2" >"$3/ncu_$2.txt" 2>&1; rc=$?; tail -3 "$3/ncu_$2.txt"; exit $rc' \
+        _ "$PYTHON" "$case" "$OUT" "${NCU_SECTIONS[@]}"
+done
 
 stage memory 200 env PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "$PYTHON" benchmarks/bench_train.py \
     --models dim_h2,dim_h2_512 --variants eager,ckpt --scan-backend triton,cuda --find-max-batch \
