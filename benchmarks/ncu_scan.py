@@ -42,7 +42,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"ncu_scan: --case {args.case!r} is not one of {', '.join(shapes)}")
     device = torch.device(args.device)
     batch, length, dim = shapes[args.case]
-    inputs = {k: v.requires_grad_() for k, v in make_inputs(batch, length, dim, D_STATE, device, True).items()}
+    inputs = {
+        k: v.requires_grad_() for k, v in make_inputs(batch, length, dim, D_STATE, device, True).items()
+    }
     grad_out = torch.randn_like(inputs["u"])
     x = torch.randn(batch, length, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
     weight = torch.randn(dim, 3, device=device, requires_grad=True)
@@ -58,7 +60,9 @@ def main(argv=None) -> int:
 
     scan_ms = median_seconds(scan_step, device, 1, args.iters) * 1e3
     conv_ms = median_seconds(conv_step, device, 1, args.iters) * 1e3
-    print(f"ncu_scan {args.case} {batch}x{length}x{dim}: scan fwd+bwd {scan_ms:.3f} ms, conv fwd+bwd {conv_ms:.3f} ms")
+    print(
+        f"ncu_scan {args.case} {batch}x{length}x{dim}: scan fwd+bwd {scan_ms:.3f} ms, conv fwd+bwd {conv_ms:.3f} ms"
+    )
     return 0
 
 
