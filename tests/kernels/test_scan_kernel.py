@@ -180,6 +180,8 @@ def test_config_is_validated():
         kernel_scan.ScanConfig(prefetch_level=3)
     with pytest.raises(ValueError, match="fwd_prefetch must be 0 to 32"):
         kernel_scan.ScanConfig(fwd_prefetch=33)
+    with pytest.raises(ValueError, match="bwd_pipeline must be 0 or 1"):
+        kernel_scan.ScanConfig(bwd_pipeline=2)
 
 
 def test_forward_prefetches_only_at_low_occupancy():
@@ -231,6 +233,25 @@ def test_prefetching_scan_matches_the_reference(tiny_config, batch, length, dim,
     previous = kernel_scan.set_scan_config(config)
     try:
         check_against_reference(scan_inputs(batch, length, dim, n))
+    finally:
+        kernel_scan.set_scan_config(previous)
+
+
+@pytest.mark.parametrize(
+    "batch,length,dim,n,lanes,dtype",
+    [
+        (1, 7, 40, 16, 1, torch.float32),  # one chunk, the pipelined load of the last step clamped
+        (2, 17, 16, 4, 1, torch.float32),  # split into segments (pass 1 pipelines its B loads only)
+        (1, 9, 32, 16, 2, torch.bfloat16),  # two lanes per channel: each lane's half of the B tiles
+        (1, 1, 32, 3, 1, torch.float32),  # a single step and an odd N
+    ],
+)
+def test_pipelined_loads_match_the_reference(tiny_config, batch, length, dim, n, lanes, dtype):
+    """fwd_pipeline / bwd_pipeline (the next step's inputs loaded one step early) leave every result as it was."""
+    config = dataclasses.replace(tiny_config, fwd_pipeline=1, bwd_pipeline=1, bwd_lanes=lanes)
+    previous = kernel_scan.set_scan_config(config)
+    try:
+        check_against_reference(scan_inputs(batch, length, dim, n, dtype=dtype))
     finally:
         kernel_scan.set_scan_config(previous)
 

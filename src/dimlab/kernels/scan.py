@@ -62,6 +62,10 @@ class ScanConfig:
         fwd_prefetch_max_warps warps per SM: on the H200 prefetching 4 steps ahead made the forward 9-27%
         faster at 12-16 warps per SM (512 px fine-tuning, the sampling shapes) and 6-8% slower at 31-47 (the
         256 px training batches), where other warps already hide the load latency.
+        fwd_pipeline / bwd_pipeline: 1 loads the next step's inputs into registers before the current step
+        computes (the forward's loop; the backward's level-1 recompute), 0 loads each step's inputs when it
+        runs. Where a hint (prefetch) leaves the data one cache latency away, this leaves the warp none to
+        wait for, at the cost of the registers that hold one step's loads.
     """
 
     fwd_warps: int = 1
@@ -78,6 +82,8 @@ class ScanConfig:
     prefetch_level: int = 2
     fwd_prefetch: int = 4
     fwd_prefetch_max_warps: int = 24
+    fwd_pipeline: int = 0
+    bwd_pipeline: int = 0
 
     def __post_init__(self) -> None:
         if self.t_save % self.t_sub or self.t_sub < 1:
@@ -89,6 +95,9 @@ class ScanConfig:
         for name in ("prefetch", "fwd_prefetch"):
             if not 0 <= getattr(self, name) <= 32:
                 raise ValueError(f"ScanConfig: {name} must be 0 to 32 steps, got {getattr(self, name)}")
+        for name in ("fwd_pipeline", "bwd_pipeline"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"ScanConfig: {name} must be 0 or 1, got {getattr(self, name)}")
         if self.prefetch_level not in (1, 2):
             raise ValueError(
                 f"ScanConfig: prefetch_level must be 1 (L1) or 2 (L2), got {self.prefetch_level}"
@@ -294,6 +303,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus),
         num_warps=cfg.fwd_warps,
+        PIPE=bool(cfg.fwd_pipeline),
         **cfg.prefetch_args(cfg.forward_prefetch(warps_per_sm)),
     )
     d_f = D.float().contiguous() if D is not None else dummy
@@ -411,7 +421,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
             *u_r.stride(), *delta_r.stride(), *b_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
             N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
-            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), num_warps=1, **flags,
+            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), PIPE=bool(cfg.bwd_pipeline),
+            num_warps=1, **flags,
             **cfg.prefetch_args(),
             **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
         )  # fmt: skip

@@ -61,14 +61,13 @@ def _softplus_grad(x):
 
 
 @triton.jit
-def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None):
-    """The N values ptr[(nb + n) * stride_n] as a tuple of N fp32 [BE] vectors.
+def _load_tiles(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None):
+    """The N values ptr[(nb + n) * stride_n], as loaded: a tuple of N / NV raw [BE, NV] tiles.
 
-    Loaded as [BE, NV] tiles that every lane reads whole (one 16-byte load for NV = 8 bf16 values); the
-    column is then picked in registers. The pick works on the raw bits (an integer add of zeros folds away,
-    a float add of +0.0 would not) and the bits are widened to fp32 afterwards. ``nb`` (a [BE] vector, or
-    None for 0) offsets each lane's first column: the backward with two lanes per channel gives each lane
-    its half of the states.
+    Every lane reads a whole tile (one 16-byte load for NV = 8 bf16 values); :func:`_unpack_tiles` picks the
+    columns. Kept apart so that a pipelined loop can hold a step's loads packed (NV / 2 registers per bf16 tile)
+    until it uses them. ``nb`` (a [BE] vector, or None for 0) offsets each lane's first column: the backward
+    with two lanes per channel gives each lane its half of the states.
     """
     cols = tl.arange(0, NV)
     out = ()
@@ -77,7 +76,21 @@ def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None
             offsets = (g * NV + cols[None, :]) * stride_n + 0 * e[:, None]
         else:
             offsets = (nb[:, None] + g * NV + cols[None, :]) * stride_n
-        tile = tl.load(ptr + offsets, mask=mask, other=0.0)
+        out = out + (tl.load(ptr + offsets, mask=mask, other=0.0),)
+    return out
+
+
+@triton.jit
+def _unpack_tiles(tiles, N: tl.constexpr, NV: tl.constexpr):
+    """The tiles of :func:`_load_tiles` as a tuple of N fp32 [BE] vectors.
+
+    The column is picked in registers on the raw bits (an integer add of zeros folds away, a float add of +0.0
+    would not) and widened to fp32 afterwards.
+    """
+    cols = tl.arange(0, NV)
+    out = ()
+    for g in tl.static_range(N // NV):
+        tile = tiles[g]
         if tile.dtype == tl.float32:
             bits = tile.to(tl.int32, bitcast=True)
         else:
@@ -92,6 +105,32 @@ def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None
                 val = v.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             out = out + (val,)
     return out
+
+
+@triton.jit
+def _load_row(ptr, stride_n, e, mask, N: tl.constexpr, NV: tl.constexpr, nb=None):
+    """The N values ptr[(nb + n) * stride_n] as a tuple of N fp32 [BE] vectors (:func:`_load_tiles`)."""
+    return _unpack_tiles(_load_tiles(ptr, stride_n, e, mask, N, NV, nb), N, NV)
+
+
+@triton.jit
+def _dot_n(a, b, init, N: tl.constexpr):
+    """init + sum_n a[n] * b[n] over two tuples of N [BE] vectors, as four interleaved FMA chains.
+
+    One chain would make every product wait for the previous one (N x the FMA latency per step); four
+    chains cost three adds more and cut the dependent length to about N / 4 + 2.
+    """
+    acc = (init, tl.zeros_like(init), tl.zeros_like(init), tl.zeros_like(init))
+    for n in tl.static_range(N):
+        if n % 4 == 0:
+            acc = (acc[0] + a[n] * b[n], acc[1], acc[2], acc[3])
+        elif n % 4 == 1:
+            acc = (acc[0], acc[1] + a[n] * b[n], acc[2], acc[3])
+        elif n % 4 == 2:
+            acc = (acc[0], acc[1], acc[2] + a[n] * b[n], acc[3])
+        else:
+            acc = (acc[0], acc[1], acc[2], acc[3] + a[n] * b[n])
+    return (acc[0] + acc[1]) + (acc[2] + acc[3])
 
 
 @triton.jit
@@ -250,6 +289,25 @@ def _pair_sum(x, lane, LPC: tl.constexpr):
 
 
 @triton.jit
+def _fwd_step_loads(t, u_base, dl_base, z_base, b_base, c_base, s_ut, s_dt, s_zt, s_bt, s_bn, s_ct, s_cn, e, emask,
+                    N: tl.constexpr, NV: tl.constexpr, HAS_Z: tl.constexpr, STATE_ONLY: tl.constexpr):  # fmt: skip
+    """The forward's inputs at step t, as loaded (not widened): (u, delta, z, B tiles, C tiles).
+
+    z and C are not loaded (zeros, an empty tuple) when the step does not use them.
+    """
+    u = tl.load(u_base + t * s_ut, mask=emask, other=0.0)
+    dl = tl.load(dl_base + t * s_dt, mask=emask, other=0.0)
+    zz = u
+    if HAS_Z and not STATE_ONLY:
+        zz = tl.load(z_base + t * s_zt, mask=emask, other=0.0)
+    btiles = _load_tiles(b_base + t * s_bt, s_bn, e, emask[:, None], N, NV)
+    ctiles = ()
+    if not STATE_ONLY:
+        ctiles = _load_tiles(c_base + t * s_ct, s_cn, e, emask[:, None], N, NV)
+    return u, dl, zz, btiles, ctiles
+
+
+@triton.jit
 def scan_fwd_kernel(
     u_ptr, dl_ptr, a2_ptr, b_ptr, c_ptr, d_ptr, z_ptr, bias_ptr, out_ptr,
     hinit_ptr, states_ptr, hfin_ptr, dtsum_ptr,
@@ -258,11 +316,15 @@ def scan_fwd_kernel(
     N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, SAVE: tl.constexpr, STATE_ONLY: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
+    PIPE: tl.constexpr,
 ):  # fmt: skip
     """One (batch row, channel block, segment): the scan over the segment (see the module docstring).
 
     With ``PF`` > 0 the inputs of step t + PF are prefetched (into L1 or L2, ``PF_LEVEL``) while step t runs:
     a step's loads otherwise wait a full memory latency, since the recurrence keeps few warps busy per SM.
+    With ``PIPE`` the loads of step t + 1 are issued into registers before step t computes (a warp issues in
+    order, so otherwise it waits on each step's loads before it can ask for the next step's); they are held
+    packed, at the cost of about 5 + N / 2 registers for bf16 inputs.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_e = tl.program_id(1)
@@ -297,6 +359,9 @@ def scan_fwd_kernel(
             _prefetch_step(t_lo + pk, t_lo, t_hi, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, None, 0,
                            pf_b, s_bt, pf_c, s_ct, 1 if STATE_ONLY else 2, PF_LEVEL)  # fmt: skip
     dsum = tl.zeros([BE], tl.float32)
+    if PIPE:
+        nxt = _fwd_step_loads(t_lo, u_base, dl_base, z_base, b_base, c_base, s_ut, s_dt, s_zt, s_bt, s_bn, s_ct,
+                              s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY)  # fmt: skip
     for t in range(t_lo, t_hi):
         if PF > 0:
             _prefetch_step(t + PF, t_lo, t_hi, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, None, 0,
@@ -304,23 +369,27 @@ def scan_fwd_kernel(
         if SAVE:  # noqa: SIM102 - a constexpr test around a run-time one
             if t % T_SAVE == 0:
                 _store_state(states_ptr + (pid_b * n_chunks + t // T_SAVE) * N * E, E, e, emask, h, N)
-        u = _load_vec(u_base + t * s_ut, emask)
-        dt, _dr = _step_dt(_load_vec(dl_base + t * s_dt, emask), bias, HAS_BIAS, SOFTPLUS)
-        brow = _load_row(b_base + t * s_bt, s_bn, e, emask[:, None], N, NV)
+        if PIPE:
+            cur = nxt
+            nxt = _fwd_step_loads(tl.minimum(t + 1, t_hi - 1), u_base, dl_base, z_base, b_base, c_base, s_ut,
+                                  s_dt, s_zt, s_bt, s_bn, s_ct, s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY)  # fmt: skip
+        else:
+            cur = _fwd_step_loads(t, u_base, dl_base, z_base, b_base, c_base, s_ut, s_dt, s_zt, s_bt, s_bn, s_ct,
+                                  s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY)  # fmt: skip
+        u = cur[0].to(tl.float32)
+        dt, _dr = _step_dt(cur[1].to(tl.float32), bias, HAS_BIAS, SOFTPLUS)
+        brow = _unpack_tiles(cur[3], N, NV)
         dtu = dt * u
         hn = ()
         if STATE_ONLY:
             hn = _advance(h, a2, dt, dtu, brow, N)
             dsum += dt
         else:
-            crow = _load_row(c_base + t * s_ct, s_cn, e, emask[:, None], N, NV)
-            y = d * u
-            for n in tl.static_range(N):
-                hh = tl.exp2(dt * a2[n]) * h[n] + dtu * brow[n]
-                y += hh * crow[n]
-                hn = hn + (hh,)
+            crow = _unpack_tiles(cur[4], N, NV)
+            hn = _advance(h, a2, dt, dtu, brow, N)
+            y = _dot_n(hn, crow, d * u, N)
             if HAS_Z:
-                zz = _load_vec(z_base + t * s_zt, emask)
+                zz = cur[2].to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
             tl.store(o_base + t * s_ot, y.to(out_ptr.dtype.element_ty), mask=emask)
         h = hn
@@ -427,17 +496,40 @@ def _row(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, LPC: tl
 
 
 @triton.jit
+def _tiles(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, LPC: tl.constexpr):
+    """:func:`_row`, as loaded (:func:`_load_tiles`): unpack with :func:`_unpack_tiles` (NH, NV)."""
+    if LPC == 2:
+        return _load_tiles(ptr, stride_n, e, mask, NH, NV, nb)
+    return _load_tiles(ptr, stride_n, e, mask, NH, NV)
+
+
+@triton.jit
+def _recompute_loads(u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH: tl.constexpr, NV: tl.constexpr,
+                     LPC: tl.constexpr):  # fmt: skip
+    """The inputs of one recompute step (pointers at that step), as loaded: (u, delta, B tiles)."""
+    u = tl.load(u_ptr, mask=valid, other=0.0)
+    dl = tl.load(dl_ptr, mask=valid, other=0.0)
+    return u, dl, _tiles(b_ptr, s_bn, e, valid[:, None], NH, NV, nb, LPC)
+
+
+@triton.jit
+def _recompute_from(h, a2, bias, loads, valid, NH: tl.constexpr, NV: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr):  # fmt: skip
+    """One step of the backward's forward recompute from :func:`_recompute_loads`: (new state, u, dt, delta +
+    bias). Steps past the chunk (``valid`` false) get dt = 0, which leaves the state as it is."""
+    u = loads[0].to(tl.float32)
+    dt, dr = _step_dt(loads[1].to(tl.float32), bias, HAS_BIAS, SOFTPLUS)
+    dt = tl.where(valid, dt, 0.0)
+    brow = _unpack_tiles(loads[2], NH, NV)
+    return _advance(h, a2, dt, dt * u, brow, NH), u, dt, dr
+
+
+@triton.jit
 def _recompute_step(h, a2, bias, u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH: tl.constexpr, NV: tl.constexpr,
                     LPC: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):  # fmt: skip
-    """The backward's forward recompute of one step (pointers at that step): (new state, u, dt, delta + bias).
-
-    Steps past the chunk (``valid`` false) get dt = 0, which leaves the state as it is.
-    """
-    u = _load_vec(u_ptr, valid)
-    dt, dr = _step_dt(_load_vec(dl_ptr, valid), bias, HAS_BIAS, SOFTPLUS)
-    dt = tl.where(valid, dt, 0.0)
-    brow = _row(b_ptr, s_bn, e, valid[:, None], NH, NV, nb, LPC)
-    return _advance(h, a2, dt, dt * u, brow, NH), u, dt, dr
+    """The backward's forward recompute of one step (pointers at that step): (new state, u, dt, delta + bias)."""
+    loads = _recompute_loads(u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH, NV, LPC)
+    return _recompute_from(h, a2, bias, loads, valid, NH, NV, HAS_BIAS, SOFTPLUS)
 
 
 @triton.jit
@@ -452,6 +544,7 @@ def scan_bwd_kernel(
     LEVELS: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr, T_SUB: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LAMIN: tl.constexpr, WRITE_Y: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
+    PIPE: tl.constexpr,
 ):  # fmt: skip
     """One (batch row, 32 / LPC channels, segment) of the backward pass; one warp (see the module docstring).
 
@@ -461,6 +554,8 @@ def scan_bwd_kernel(
     ``WRITE_Y`` (for an out-projection's weight gradient), per-warp partials of dB and dC ((B, E*LPC/32, L, N)
     fp32) and per-program partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)). ``PF`` > 0: level 1 prefetches
     u, delta, B ``PF`` steps ahead of its walk and level 2 all six inputs ``PF`` steps ahead of its own (backwards).
+    With ``PIPE`` level 1 loads the inputs of its next step into registers before it computes the current one
+    (registers that level 1 has spare: the kernel's peak is in level 2).
     """
     BE: tl.constexpr = 32
     CH: tl.constexpr = 32 // LPC
@@ -519,6 +614,9 @@ def scan_bwd_kernel(
                 for pk in tl.static_range(PF):
                     _prefetch_step(t_c + pk, t_c, t_ce, pf_u, s_ut, pf_d, s_dt, None, 0, None, 0,
                                    pf_b, s_bt, None, 0, 1, PF_LEVEL)  # fmt: skip
+            if PIPE:
+                nxt = _recompute_loads(u_base + t_c * s_ut, dl_base + t_c * s_dt, b_base + t_c * s_bt, s_bn, e,
+                                       emask, nb, NH, NV, LPC)  # fmt: skip
             for j in range(NSUB):
                 _store_state(scratch + j * NH * BE, BE, 0, emask, h, NH)
                 for k in range(T_SUB):  # a run-time loop: unrolling it would only lengthen compilation
@@ -526,10 +624,16 @@ def scan_bwd_kernel(
                     if PF > 0:
                         _prefetch_step(t + PF, t_c, t_ce, pf_u, s_ut, pf_d, s_dt, None, 0, None, 0,
                                        pf_b, s_bt, None, 0, 1, PF_LEVEL)  # fmt: skip
-                    h, _u, _dt, _dr = _recompute_step(
-                        h, a2, bias, u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
-                        emask & (t < t_ce), nb, NH, NV, LPC, HAS_BIAS, SOFTPLUS,
-                    )  # fmt: skip
+                    valid = emask & (t < t_ce)
+                    if PIPE:
+                        cur = nxt
+                        tn = tl.minimum(t + 1, t_ce - 1)
+                        nxt = _recompute_loads(u_base + tn * s_ut, dl_base + tn * s_dt, b_base + tn * s_bt, s_bn,
+                                               e, emask, nb, NH, NV, LPC)  # fmt: skip
+                    else:
+                        cur = _recompute_loads(u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
+                                               valid, nb, NH, NV, LPC)  # fmt: skip
+                    h, _u, _dt, _dr = _recompute_from(h, a2, bias, cur, valid, NH, NV, HAS_BIAS, SOFTPLUS)
         # level 2: sub-chunks last first; states in registers, adjoint backwards
         if PF > 0:
             for pk in tl.static_range(PF):
@@ -569,9 +673,7 @@ def scan_bwd_kernel(
                     g = _load_vec(g_base + t * s_gt, valid)
                     brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC)
                     crow = _row(c_base + t * s_ct, s_cn, e, valid[:, None], NH, NV, nb, LPC)
-                    y_part = tl.zeros([BE], tl.float32)
-                    for n in tl.static_range(NH):
-                        y_part += hk[n] * crow[n]
+                    y_part = _dot_n(hk, crow, tl.zeros([BE], tl.float32), NH)
                     y = _pair_sum(y_part, lane, LPC) + d * u
                     if HAS_Z:
                         zz = _load_vec(z_base + t * s_zt, valid)
@@ -592,23 +694,25 @@ def scan_bwd_kernel(
                         if WRITE_Y:
                             tl.store(y_ptr + out_off + t * E, y.to(y_ptr.dtype.element_ty), mask=mine)
                     dtu = dt * u
-                    q_a = tl.zeros([BE], tl.float32)  # sum_n lam * dA h_{t-1} * A2
-                    lam_b = tl.zeros([BE], tl.float32)  # sum_n lam * B
                     dc_terms = ()
                     db_terms = ()
+                    lams = ()
+                    qs = ()
                     lp = ()
                     dan = ()
                     for n in tl.static_range(NH):
                         lam_n = lam_prop[n] + crow[n] * gy
                         q = lam_n * (hk[n] - dtu * brow[n])  # lam_t * exp(dt A) h_{t-1}
-                        q_a += q * a2[n]
-                        lam_b += lam_n * brow[n]
+                        lams = lams + (lam_n,)
+                        qs = qs + (q,)
                         dan = dan + (da_acc[n] + q * dt,)
                         dc_terms = dc_terms + (gy * hk[n],)
                         db_terms = db_terms + (lam_n * dtu,)
                         lp = lp + (tl.exp2(dt * a2[n]) * lam_n,)
                     lam_prop = lp
                     da_acc = dan
+                    q_a = _dot_n(qs, a2, tl.zeros([BE], tl.float32), NH)  # sum_n lam * dA h_{t-1} * A2
+                    lam_b = _dot_n(lams, brow, tl.zeros([BE], tl.float32), NH)  # sum_n lam * B
                     q_a = _pair_sum(q_a, lane, LPC)
                     lam_b = _pair_sum(lam_b, lane, LPC)
                     ddt = q_a * LN2 + lam_b * u
