@@ -52,6 +52,15 @@ def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, 
     return statistics.median(times)
 
 
+def copy_bandwidth(device: torch.device, quick: bool) -> float:
+    """Measured device-to-device copy bandwidth, bytes read + written per second."""
+    numel = (16 if quick else 256) * 2**20  # 64 MiB / 1 GiB of fp32
+    src = torch.empty(numel, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_seconds(lambda: dst.copy_(src), device, warmup=2, reps=5 if quick else 20)
+    return 2 * src.numel() * src.element_size() / seconds
+
+
 def git_commit() -> str:
     """Current commit of the checkout, or 'unknown'; ``DIMLAB_COMMIT`` overrides it (a copied checkout whose
     ``.git`` is stale, as on the device machine)."""

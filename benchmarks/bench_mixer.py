@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import git_commit, median_seconds  # noqa: E402 - shared helpers beside this script
+from bench_common import copy_bandwidth, git_commit, median_seconds  # noqa: E402 - shared helpers beside this script
 from dimlab.models.mamba import Mamba, set_scan_backend
 from dimlab.models.scan import kernels_available
 
@@ -54,15 +54,6 @@ def traffic_bytes(mixer: Mamba, batch: int, length: int, act_bytes: int = 2, wei
     per_token = 2 * d + 2 * (2 * e + e + (r + 2 * n) + e + e)
     n_params = sum(p.numel() for p in mixer.parameters())
     return act_bytes * batch * length * per_token + weight_bytes * n_params
-
-
-def copy_bandwidth(device: torch.device, quick: bool) -> float:
-    """Measured device-to-device copy bandwidth, bytes read + written per second."""
-    numel = (16 if quick else 256) * 2**20  # 64 MiB / 1 GiB of fp32
-    src = torch.empty(numel, device=device)
-    dst = torch.empty_like(src)
-    seconds = median_seconds(lambda: dst.copy_(src), device, warmup=2, reps=5 if quick else 20)
-    return 2 * src.numel() * src.element_size() / seconds
 
 
 def bench_one(mixer, backend, batch, length, device, warmup, reps) -> dict:

@@ -15,6 +15,7 @@
 #   train      bench_train.py: DiM-S/2 vs U-ViT-S/2 (batch 128), DiM-H/2 vs U-ViT-H/2 (256 px, batch 64), Triton
 #   sampling   bench_sampling.py: DiM-H/2 vs U-ViT-H/2 per NFE with CFG, batch 1 and 8, eager and CUDA graphs
 #   mixer      bench_mixer.py: the whole mixer, Triton vs mamba-ssm (needs causal-conv1d too)
+#   conv       bench_conv.py: the causal conv1d alone, Triton vs causal-conv1d, against its bytes floor
 #   train_cuda bench_train.py: DiM-S/2 and DiM-H/2 with mamba-ssm's kernels, for the side-by-side table
 #   train_compile  bench_train.py: DiM-S/2 (eager, torch.compile, CUDA graphs) and DiM-H/2 (eager, compile); the
 #              Triton ops are custom ops, so Inductor can fuse the norms, casts, gathers and pointwise work around them
@@ -88,6 +89,8 @@ stage sampling 150 "$PYTHON" benchmarks/bench_sampling.py --models dim_h2,uvit_h
     --out "$OUT/sampling.json"
 
 stage mixer 90 "$PYTHON" benchmarks/bench_mixer.py --backends triton,cuda --out "$OUT/mixer.json"
+
+stage conv 60 "$PYTHON" benchmarks/bench_conv.py --out "$OUT/conv.json"
 
 stage train_cuda 150 "$PYTHON" benchmarks/bench_train.py --models dim_s2 --batch 128 --scan-backend triton,cuda \
     --steps 10 --warmup 3 --out "$OUT/train_small_cuda.json"

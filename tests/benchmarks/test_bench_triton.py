@@ -46,6 +46,24 @@ def test_bench_scan_quick_times_triton_against_the_torch_scan(tmp_path):
     assert records[("tiny", "triton")]["config"] == "min_segment=2,t_save=4,t_sub=2"
 
 
+def test_bench_conv_quick_times_the_triton_conv_against_its_bytes_floor(tmp_path):
+    out = tmp_path / "conv.json"
+    proc = run_script("bench_conv", "--quick", "--device=cpu", f"--out={out}", TRITON_INTERPRET="1")
+    data = json.loads(out.read_text())
+    assert data["meta"]["complete"] is True and data["meta"]["copy_gbps"] > 0
+    (record,) = data["results"]  # causal-conv1d is skipped on the CPU
+    assert record["backend"] == "triton" and record["status"] == "ok"
+    assert record["fwdbwd_ms"] > 0 and record["floor_fwdbwd_ms"] == pytest.approx(
+        2.5 * record["floor_fwd_ms"]
+    )
+    assert "skipping backend 'cuda'" in proc.stdout
+
+
+def test_ncu_target_runs_the_scan_and_conv_kernels():
+    proc = run_script("ncu_scan", "--case=tiny", "--device=cpu", TRITON_INTERPRET="1")
+    assert "scan fwd+bwd" in proc.stdout and "conv fwd+bwd" in proc.stdout
+
+
 def test_bench_scan_names_what_it_needs():
     proc = subprocess.run(
         [sys.executable, str(BENCH_DIR / "bench_scan.py"), "--quick", "--device=cpu", "--out=/dev/null"],

@@ -13,11 +13,13 @@ from dimlab.kernels.reference import causal_conv1d_ref
 @pytest.mark.parametrize(
     "length,dim,k,with_bias,silu,dtype",
     [
-        (37, 130, 3, True, True, torch.float32),  # L and channels cross the 32 x 128 tiles
+        (37, 300, 3, True, True, torch.float32),  # L and channels cross the 32-step x 256-channel tiles
         (5, 64, 4, False, True, torch.float32),  # mamba-ssm's default d_conv, no bias
         (33, 40, 3, True, False, torch.float32),  # no activation
         (19, 48, 4, True, True, torch.bfloat16),
         (1, 32, 3, True, True, torch.float32),  # a single step
+        (9, 16, 1, True, True, torch.float32),  # one tap: a window of one
+        (40, 24, 5, True, True, torch.float32),  # a halo longer than the tile's tail (40 = 32 + 8)
     ],
 )
 def test_conv_matches_reference(length, dim, k, with_bias, silu, dtype):

@@ -13,8 +13,8 @@ import triton
 from dimlab.kernels.conv_kernels import conv_bwd_kernel, conv_fwd_kernel
 from dimlab.kernels.scan import SUPPORTED_DTYPES, interpreting
 
-BLOCK_T = 32
-BLOCK_E = 128
+BLOCK_T = 32  # steps per program: the halo of K - 1 steps costs (K - 1) / BLOCK_T extra loads
+BLOCK_E = 256  # channels per program: two per thread of its four warps (4-byte bf16 pairs)
 
 
 def _grid(batch: int, length: int, dim: int) -> tuple[int, int, int]:
