@@ -61,3 +61,21 @@ def test_bad_inputs_are_named():
         causal_conv1d(x, torch.randn(8, 3, device=DEVICE), torch.randn(3, device=DEVICE))
     with pytest.raises(ValueError, match="x has unsupported dtype torch.float64"):
         causal_conv1d(x.double(), torch.randn(8, 3, device=DEVICE))
+
+
+def test_backward_writes_dx_into_a_given_half_buffer():
+    """conv_backward(dx_out=...) fills the x half of a (B, L, 2E) buffer, as the mixer's backward uses it."""
+    from dimlab.kernels.conv import conv_backward
+
+    x = torch.randn(2, 11, 24, device=DEVICE)
+    w, b = torch.randn(24, 3, device=DEVICE), torch.randn(24, device=DEVICE)
+    g = torch.randn(2, 11, 24, device=DEVICE)
+    buf = torch.zeros(2, 11, 48, device=DEVICE)
+    dx, dw, db = conv_backward(x, w, b, True, g, dx_out=buf[..., :24])
+    ref_dx, ref_dw, ref_db = conv_backward(x, w, b, True, g)
+    assert dx.data_ptr() == buf.data_ptr() and torch.equal(buf[..., :24], ref_dx)
+    assert buf[..., 24:].abs().max() == 0 and torch.equal(dw, ref_dw) and torch.equal(db, ref_db)
+    with pytest.raises(
+        ValueError, match=r"dx_out must be \(2, 11, 24\) torch.float32 with contiguous channels"
+    ):
+        conv_backward(x, w, b, True, g, dx_out=buf[..., ::2])

@@ -256,6 +256,25 @@ def test_pipelined_loads_match_the_reference(tiny_config, batch, length, dim, n,
         kernel_scan.set_scan_config(previous)
 
 
+def test_backward_writes_dz_into_a_given_half_buffer(tiny_config):
+    """scan_backward(dz_out=...) writes dz into the z half of a (B, L, 2E) buffer, batch slices included."""
+    inputs = {k: (v.detach() if v is not None else None) for k, v in scan_inputs(3, 9, 32, 4).items()}
+    previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, bwd_rows=2))
+    try:
+        _, states = kernel_scan.scan_forward(*(inputs[k] for k in NAMES), True, True)
+        grad_out = torch.randn_like(inputs["u"])
+        args = (*(inputs[k] for k in NAMES), True, states, grad_out, False)
+        buf = torch.zeros(3, 9, 64, device=DEVICE)
+        dz = kernel_scan.scan_backward(*args, dz_out=buf[..., 32:])[6]
+        ref = kernel_scan.scan_backward(*args)[6]
+        assert dz.data_ptr() == buf[..., 32:].data_ptr() and torch.equal(buf[..., 32:], ref)
+        assert buf[..., :32].abs().max() == 0
+        with pytest.raises(ValueError, match=r"dz_out must be \(3, 9, 32\) torch.float32"):
+            kernel_scan.scan_backward(*args, dz_out=buf[..., 32:].to(torch.bfloat16))
+    finally:
+        kernel_scan.set_scan_config(previous)
+
+
 def test_backward_in_batch_slices(tiny_config):
     """A batch larger than one launch's rows (bounded buffers) gives the same gradients, split path included."""
     previous = kernel_scan.set_scan_config(dataclasses.replace(tiny_config, bwd_rows=1))

@@ -63,24 +63,48 @@ def _(x, weight, bias, silu):
     return x.new_empty(tuple(x.shape))
 
 
-@torch.library.custom_op("dimlab::causal_conv1d_bwd", mutates_args=())
-def _conv_bwd_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, grad_out: torch.Tensor
+def conv_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    silu: bool,
+    grad_out: torch.Tensor,
+    dx_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dx, dweight, dbias)`` of :func:`causal_conv1d` (dbias empty without a bias).
+
+    ``dx_out``: a (batch, L, E) view of x's dtype with contiguous channels (the x half of the mixer's
+    (batch, L, 2E) gradient buffer) that dx is written into and returned as.
+    """
     batch, length, dim = x.shape
     k = weight.shape[1]
     grid = _grid(batch, length, dim)
-    dx = torch.empty((batch, length, dim), device=x.device, dtype=x.dtype)
+    if dx_out is None:
+        dx = torch.empty((batch, length, dim), device=x.device, dtype=x.dtype)
+    elif tuple(dx_out.shape) != tuple(x.shape) or dx_out.stride(2) != 1 or dx_out.dtype != x.dtype:
+        raise ValueError(
+            f"causal_conv1d (triton): dx_out must be {tuple(x.shape)} {x.dtype} with contiguous channels, "
+            f"got {tuple(dx_out.shape)} {dx_out.dtype} strides {dx_out.stride()}"
+        )
+    else:
+        dx = dx_out
     dw_part = torch.empty((batch * grid[1], k, dim), device=x.device, dtype=torch.float32)
     db_part = torch.empty((batch * grid[1], dim), device=x.device, dtype=torch.float32)
     conv_bwd_kernel[grid](
         x, weight, bias if bias is not None else weight, grad_out, dx, dw_part, db_part,
-        length, dim, *x.stride(), *weight.stride(), *grad_out.stride(),
+        length, dim, *x.stride(), *weight.stride(), *grad_out.stride(), *dx.stride()[:2],
         K=k, BT=BLOCK_T, BE=BLOCK_E, HAS_BIAS=bias is not None, SILU=bool(silu), num_warps=4,
     )  # fmt: skip
     dw = dw_part.sum(0).t().contiguous().to(weight.dtype)  # contiguous, as the fake implementation promises
     db = db_part.sum(0).to(bias.dtype) if bias is not None else db_part.new_empty((0,))
     return dx, dw, db
+
+
+@torch.library.custom_op("dimlab::causal_conv1d_bwd", mutates_args=())
+def _conv_bwd_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, grad_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return conv_backward(x, weight, bias, silu, grad_out)
 
 
 @_conv_bwd_op.register_fake

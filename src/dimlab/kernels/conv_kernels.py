@@ -99,10 +99,11 @@ def conv_fwd_kernel(
 @triton.jit
 def conv_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, g_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-    L, E, s_xb, s_xt, s_xe, s_we, s_wk, s_gb, s_gt, s_ge,
+    L, E, s_xb, s_xt, s_xe, s_we, s_wk, s_gb, s_gt, s_ge, s_dxb, s_dxt,
     K: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
-    """Gradients of steps [t0, t0 + BT): dx (B, L, E) contiguous, dW partials (B*nT, K, E), d bias (B*nT, E).
+    """Gradients of steps [t0, t0 + BT): dx (B, L, E) with contiguous channels (strides ``s_dxb``, ``s_dxt``),
+    dW partials (B*nT, K, E), d bias (B*nT, E).
 
     dx[t] = sum_k w[k] gp[t + K - 1 - k], with gp the gradient at the pre-activation, so the walk runs K - 1
     steps past the tile (recomputing gp there); dW and d bias sum gp over the tile's own steps only.
@@ -117,7 +118,7 @@ def conv_bwd_kernel(
     bias = _load_bias(bias_ptr, e, e_mask, HAS_BIAS)
     x_base = x_ptr + pid_b * s_xb + e * s_xe
     g_base = g_ptr + pid_b * s_gb + e * s_ge
-    dx_base = dx_ptr + pid_b * L * E + e
+    dx_base = dx_ptr + pid_b * s_dxb + e
     zero = tl.zeros([BE], tl.float32)
     xwin = _zeros_window(BE, K)  # x[t - K + 1 .. t]
     for k in tl.static_range(K - 1):
@@ -145,7 +146,7 @@ def conv_bwd_kernel(
             dxv = zero
             for s in tl.static_range(K):
                 dxv += w[K - 1 - s] * gwin[s]
-            tl.store(dx_base + tx * E, dxv.to(dx_ptr.dtype.element_ty), mask=e_mask & (tx < L))
+            tl.store(dx_base + tx * s_dxt, dxv.to(dx_ptr.dtype.element_ty), mask=e_mask & (tx < L))
     part = (pid_b * n_t + pid_t) * K * E
     for k in tl.static_range(K):
         tl.store(dw_part_ptr + part + k * E + e, dw[k], mask=e_mask)

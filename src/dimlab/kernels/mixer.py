@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dimlab.kernels.conv import _conv_bwd_op, _conv_fwd_op, check_conv_inputs
+from dimlab.kernels.conv import _conv_fwd_op, check_conv_inputs, conv_backward
 from dimlab.kernels.scan import check_scan_inputs, get_scan_config, scan_backward, scan_forward
 
 
@@ -105,8 +105,11 @@ def _mamba_inner_bwd_op(
     cm = x_dbl[..., dt_rank + d_state :]
     grad_out = grad_out.to(dtype)
     dy = grad_out @ out_proj_w.to(dtype)
-    du, ddt, dA, dB, dC, dD, dz, dbias, y = scan_backward(
-        x_conv, dt, A, bm, cm, D, z, dt_bias, True, states, dy, True
+    dxz = torch.empty_like(
+        xz, memory_format=torch.contiguous_format
+    )  # the kernels write both halves in place
+    du, ddt, dA, dB, dC, dD, _dz, dbias, y = scan_backward(
+        x_conv, dt, A, bm, cm, D, z, dt_bias, True, states, dy, True, dz_out=dxz[..., dim:]
     )
     flat = grad_out.reshape(-1, grad_out.shape[-1])
     d_out_w = (flat.t() @ y.reshape(-1, dim)).to(out_proj_w.dtype)
@@ -117,9 +120,9 @@ def _mamba_inner_bwd_op(
     d_dt_w = (ddt_flat.t() @ x_dbl[..., :dt_rank].reshape(-1, dt_rank)).to(dt_proj_w.dtype)
     d_xdbl = torch.cat([ddt @ dt_proj_w.to(dtype), dB, dC], dim=-1)
     d_xproj_w = (d_xdbl.reshape(-1, d_xdbl.shape[-1]).t() @ x_conv.reshape(-1, dim)).to(x_proj_w.dtype)
-    du = du + d_xdbl @ x_proj_w.to(dtype)
-    dx, d_conv_w, d_conv_b = _conv_bwd_op(x, conv_w, conv_b, True, du)
-    dxz = torch.cat([dx, dz], dim=-1)
+    du_flat = du.view(-1, dim)
+    du_flat.addmm_(d_xdbl.reshape(-1, d_xdbl.shape[-1]), x_proj_w.to(dtype))  # the add in the GEMM's epilogue
+    _dx, d_conv_w, d_conv_b = conv_backward(x, conv_w, conv_b, True, du, dx_out=dxz[..., :dim])
     return dxz, d_conv_w, d_conv_b, d_xproj_w, d_dt_w, d_out_w, d_out_b, dA, dD, dbias
 
 

@@ -340,8 +340,13 @@ def _rows_per_launch(batch: int, programs_per_row: int, device: torch.device) ->
     return max(1, min(batch, math.ceil(cfg.bwd_waves * _num_sms(device) / programs_per_row)))
 
 
-def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, grad_out, write_y: bool):
+def scan_backward(
+    u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, grad_out, write_y: bool, dz_out=None
+):
     """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, y)``; absent inputs give empty tensors.
+
+    ``dz_out``: a (batch, L, E) view with contiguous channels (the z half of a (batch, L, 2E) gradient buffer)
+    that dz is written into and returned as, so the caller needs no concatenation.
 
     ``y`` is the forward output recomputed (empty unless ``write_y``): a caller that did not keep it can form
     an output projection's weight gradient from it. Large batches run as several launches of
@@ -370,7 +375,17 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
     du = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
     ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
-    dz = torch.empty((batch, length, dim), device=dev, dtype=z.dtype) if z is not None else _empty(dev)
+    if z is None:
+        dz = _empty(dev)
+    elif dz_out is not None:
+        if tuple(dz_out.shape) != (batch, length, dim) or dz_out.stride(2) != 1 or dz_out.dtype != z.dtype:
+            raise ValueError(
+                f"scan_backward: dz_out must be ({batch}, {length}, {dim}) {z.dtype} with contiguous channels, "
+                f"got {tuple(dz_out.shape)} {dz_out.dtype} strides {dz_out.stride()}"
+            )
+        dz = dz_out
+    else:
+        dz = torch.empty((batch, length, dim), device=dev, dtype=z.dtype)
     y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype) if write_y else _empty(dev)
     dB = torch.empty((batch, length, n), device=dev, dtype=B.dtype)
     dC = torch.empty((batch, length, n), device=dev, dtype=C.dtype)
@@ -419,6 +434,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, g
             db_part, dc_part, da_part, dd_part, dbias_part,
             length, dim, seg_len, n_chunks,
             *u_r.stride(), *delta_r.stride(), *b_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
+            *(dz.stride()[:2] if z is not None else (0, 0)),
             N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
             HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), PIPE=bool(cfg.bwd_pipeline),

@@ -539,7 +539,7 @@ def scan_bwd_kernel(
     du_ptr, ddl_ptr, dz_ptr, y_ptr, db_part_ptr, dc_part_ptr, da_part_ptr, dd_part_ptr, dbias_part_ptr,
     L, E, seg_len, n_chunks,
     s_ub, s_ut, s_ue, s_db, s_dt, s_de, s_bb, s_bt, s_bn, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze,
-    s_gb, s_gt, s_ge,
+    s_gb, s_gt, s_ge, s_dzb, s_dzt,
     N: tl.constexpr, LPC: tl.constexpr, P: tl.constexpr, K: tl.constexpr, DUP: tl.constexpr,
     LEVELS: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr, T_SUB: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -550,7 +550,8 @@ def scan_bwd_kernel(
 
     With ``LPC`` = 1 a lane holds one channel and its N states; with 2, two neighbouring lanes share a channel
     and hold N / 2 states each (half the registers, so twice the warps fit on an SM), their sums over the states
-    joined by one shuffle. Outputs: du, d delta, dz (input dtypes, (B, L, E) contiguous), the gated output y if
+    joined by one shuffle. Outputs: du, d delta (input dtypes, (B, L, E) contiguous), dz (rows of stride
+    ``s_dzt``, batches ``s_dzb``, channels contiguous: the z half of the mixer's dxz buffer), the gated output y if
     ``WRITE_Y`` (for an out-projection's weight gradient), per-warp partials of dB and dC ((B, E*LPC/32, L, N)
     fp32) and per-program partials of dA ((B*S, N, E)), dD and d bias ((B*S, E)). ``PF`` > 0: level 1 prefetches
     u, delta, B ``PF`` steps ahead of its walk and level 2 all six inputs ``PF`` steps ahead of its own (backwards).
@@ -588,7 +589,8 @@ def scan_bwd_kernel(
     g_base = g_ptr + pid_b * s_gb + e * s_ge
     b_base = b_ptr + pid_b * s_bb
     c_base = c_ptr + pid_b * s_cb
-    out_off = pid_b * L * E + e  # du, d delta, dz, y are (B, L, E) contiguous
+    out_off = pid_b * L * E + e  # du, d delta, y are (B, L, E) contiguous
+    dz_off = pid_b * s_dzb + e
     part_base = (pid_b * n_eb + pid_e) * L * N  # dB / dC partials (B, E*LPC/32, L, N)
     scratch = scratch_ptr + ((pid_b * n_eb + pid_e) * n_seg + pid_s) * NSUB * NH * BE + lane
     t_lo = pid_s * seg_len
@@ -681,7 +683,7 @@ def scan_bwd_kernel(
                         gate = zz * sig
                         gy = g * gate
                         tl.store(
-                            dz_ptr + out_off + t * E,
+                            dz_ptr + dz_off + t * s_dzt,
                             (g * y * sig * (1.0 + zz * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
                             mask=mine,
                         )
