@@ -238,17 +238,18 @@ def test_prefetching_scan_matches_the_reference(tiny_config, batch, length, dim,
 
 
 @pytest.mark.parametrize(
-    "batch,length,dim,n,lanes,dtype",
+    "batch,length,dim,n,lanes,dtype,fwd",
     [
-        (1, 7, 40, 16, 1, torch.float32),  # one chunk, the pipelined load of the last step clamped
-        (2, 17, 16, 4, 1, torch.float32),  # split into segments (pass 1 pipelines its B loads only)
-        (1, 9, 32, 16, 2, torch.bfloat16),  # two lanes per channel: each lane's half of the B tiles
-        (1, 1, 32, 3, 1, torch.float32),  # a single step and an odd N
+        (1, 7, 40, 16, 1, torch.float32, 1),  # one chunk, the pipelined load of the last step clamped
+        (2, 17, 16, 4, 1, torch.float32, 1),  # split into segments (pass 1 pipelines its B loads only)
+        (2, 17, 16, 4, 1, torch.float32, 2),  # the forward pipelining u, delta, z only
+        (1, 9, 32, 16, 2, torch.bfloat16, 2),  # two lanes per channel: each lane's half of the B tiles
+        (1, 1, 32, 3, 1, torch.float32, 1),  # a single step and an odd N
     ],
 )
-def test_pipelined_loads_match_the_reference(tiny_config, batch, length, dim, n, lanes, dtype):
+def test_pipelined_loads_match_the_reference(tiny_config, batch, length, dim, n, lanes, dtype, fwd):
     """fwd_pipeline / bwd_pipeline (the next step's inputs loaded one step early) leave every result as it was."""
-    config = dataclasses.replace(tiny_config, fwd_pipeline=1, bwd_pipeline=1, bwd_lanes=lanes)
+    config = dataclasses.replace(tiny_config, fwd_pipeline=fwd, bwd_pipeline=1, bwd_lanes=lanes)
     previous = kernel_scan.set_scan_config(config)
     try:
         check_against_reference(scan_inputs(batch, length, dim, n, dtype=dtype))

@@ -64,7 +64,8 @@ class ScanConfig:
         256 px training batches), where other warps already hide the load latency.
         fwd_pipeline / bwd_pipeline: 1 loads the next step's inputs into registers before the current step
         computes (the forward's loop; the backward's level-1 recompute), 0 loads each step's inputs when it
-        runs. Where a hint (prefetch) leaves the data one cache latency away, this leaves the warp none to
+        runs; fwd_pipeline 2 does so for u, delta and z only (B / C loaded when used, fewer registers).
+        Where a hint (prefetch) leaves the data one cache latency away, this leaves the warp none to
         wait for, at the cost of the registers that hold one step's loads.
     """
 
@@ -95,9 +96,10 @@ class ScanConfig:
         for name in ("prefetch", "fwd_prefetch"):
             if not 0 <= getattr(self, name) <= 32:
                 raise ValueError(f"ScanConfig: {name} must be 0 to 32 steps, got {getattr(self, name)}")
-        for name in ("fwd_pipeline", "bwd_pipeline"):
-            if getattr(self, name) not in (0, 1):
-                raise ValueError(f"ScanConfig: {name} must be 0 or 1, got {getattr(self, name)}")
+        if self.fwd_pipeline not in (0, 1, 2):
+            raise ValueError(f"ScanConfig: fwd_pipeline must be 0, 1 or 2, got {self.fwd_pipeline}")
+        if self.bwd_pipeline not in (0, 1):
+            raise ValueError(f"ScanConfig: bwd_pipeline must be 0 or 1, got {self.bwd_pipeline}")
         if self.prefetch_level not in (1, 2):
             raise ValueError(
                 f"ScanConfig: prefetch_level must be 1 (L1) or 2 (L2), got {self.prefetch_level}"
@@ -303,7 +305,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus),
         num_warps=cfg.fwd_warps,
-        PIPE=bool(cfg.fwd_pipeline),
+        PIPE=cfg.fwd_pipeline,
         **cfg.prefetch_args(cfg.forward_prefetch(warps_per_sm)),
     )
     d_f = D.float().contiguous() if D is not None else dummy

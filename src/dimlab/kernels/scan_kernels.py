@@ -290,21 +290,33 @@ def _pair_sum(x, lane, LPC: tl.constexpr):
 
 @triton.jit
 def _fwd_step_loads(t, u_base, dl_base, z_base, b_base, c_base, s_ut, s_dt, s_zt, s_bt, s_bn, s_ct, s_cn, e, emask,
-                    N: tl.constexpr, NV: tl.constexpr, HAS_Z: tl.constexpr, STATE_ONLY: tl.constexpr):  # fmt: skip
+                    N: tl.constexpr, NV: tl.constexpr, HAS_Z: tl.constexpr, STATE_ONLY: tl.constexpr,
+                    ROWS: tl.constexpr = True):  # fmt: skip
     """The forward's inputs at step t, as loaded (not widened): (u, delta, z, B tiles, C tiles).
 
-    z and C are not loaded (zeros, an empty tuple) when the step does not use them.
+    z and C are not loaded (zeros, an empty tuple) when the step does not use them; B and C neither when
+    ``ROWS`` is false.
     """
     u = tl.load(u_base + t * s_ut, mask=emask, other=0.0)
     dl = tl.load(dl_base + t * s_dt, mask=emask, other=0.0)
     zz = u
     if HAS_Z and not STATE_ONLY:
         zz = tl.load(z_base + t * s_zt, mask=emask, other=0.0)
+    rows = ((), ())
+    if ROWS:
+        rows = _fwd_rows(t, b_base, c_base, s_bt, s_bn, s_ct, s_cn, e, emask, N, NV, STATE_ONLY)
+    return u, dl, zz, rows[0], rows[1]
+
+
+@triton.jit
+def _fwd_rows(t, b_base, c_base, s_bt, s_bn, s_ct, s_cn, e, emask, N: tl.constexpr, NV: tl.constexpr,
+              STATE_ONLY: tl.constexpr):  # fmt: skip
+    """The B and C tiles of step t (C: an empty tuple when the step does not use it)."""
     btiles = _load_tiles(b_base + t * s_bt, s_bn, e, emask[:, None], N, NV)
     ctiles = ()
     if not STATE_ONLY:
         ctiles = _load_tiles(c_base + t * s_ct, s_cn, e, emask[:, None], N, NV)
-    return u, dl, zz, btiles, ctiles
+    return btiles, ctiles
 
 
 @triton.jit
@@ -322,9 +334,10 @@ def scan_fwd_kernel(
 
     With ``PF`` > 0 the inputs of step t + PF are prefetched (into L1 or L2, ``PF_LEVEL``) while step t runs:
     a step's loads otherwise wait a full memory latency, since the recurrence keeps few warps busy per SM.
-    With ``PIPE`` the loads of step t + 1 are issued into registers before step t computes (a warp issues in
+    With ``PIPE`` 1 the loads of step t + 1 are issued into registers before step t computes (a warp issues in
     order, so otherwise it waits on each step's loads before it can ask for the next step's); they are held
-    packed, at the cost of about 5 + N / 2 registers for bf16 inputs.
+    packed, at the cost of about 5 + N / 2 registers for bf16 inputs. ``PIPE`` 2 does so for u, delta and z
+    only (3 registers) and loads the B / C rows when they are used.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     pid_e = tl.program_id(1)
@@ -359,9 +372,9 @@ def scan_fwd_kernel(
             _prefetch_step(t_lo + pk, t_lo, t_hi, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, None, 0,
                            pf_b, s_bt, pf_c, s_ct, 1 if STATE_ONLY else 2, PF_LEVEL)  # fmt: skip
     dsum = tl.zeros([BE], tl.float32)
-    if PIPE:
+    if PIPE > 0:
         nxt = _fwd_step_loads(t_lo, u_base, dl_base, z_base, b_base, c_base, s_ut, s_dt, s_zt, s_bt, s_bn, s_ct,
-                              s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY)  # fmt: skip
+                              s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY, PIPE == 1)  # fmt: skip
     for t in range(t_lo, t_hi):
         if PF > 0:
             _prefetch_step(t + PF, t_lo, t_hi, pf_u, s_ut, pf_d, s_dt, pf_z, s_zt, None, 0,
@@ -369,10 +382,14 @@ def scan_fwd_kernel(
         if SAVE:  # noqa: SIM102 - a constexpr test around a run-time one
             if t % T_SAVE == 0:
                 _store_state(states_ptr + (pid_b * n_chunks + t // T_SAVE) * N * E, E, e, emask, h, N)
-        if PIPE:
+        if PIPE > 0:
             cur = nxt
             nxt = _fwd_step_loads(tl.minimum(t + 1, t_hi - 1), u_base, dl_base, z_base, b_base, c_base, s_ut,
-                                  s_dt, s_zt, s_bt, s_bn, s_ct, s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY)  # fmt: skip
+                                  s_dt, s_zt, s_bt, s_bn, s_ct, s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY,
+                                  PIPE == 1)  # fmt: skip
+            if PIPE == 2:  # the B / C rows (shared by every program of the batch row) loaded when used
+                rows = _fwd_rows(t, b_base, c_base, s_bt, s_bn, s_ct, s_cn, e, emask, N, NV, STATE_ONLY)
+                cur = (cur[0], cur[1], cur[2], rows[0], rows[1])
         else:
             cur = _fwd_step_loads(t, u_base, dl_base, z_base, b_base, c_base, s_ut, s_dt, s_zt, s_bt, s_bn, s_ct,
                                   s_cn, e, emask, N, NV, HAS_Z, STATE_ONLY)  # fmt: skip
