@@ -191,6 +191,14 @@ def test_forward_prefetches_only_at_low_occupancy():
     assert config.prefetch_args(config.forward_prefetch(16.0))["PF"] == 4
 
 
+def test_forward_pipelining_mode_follows_occupancy():
+    config = kernel_scan.ScanConfig()
+    assert config.forward_pipeline(12.0) == config.fwd_pipeline_low == 1  # few warps: all loads early
+    assert config.forward_pipeline(31.0) == config.fwd_pipeline == 2  # training batches: u, delta, z only
+    with pytest.raises(ValueError, match="fwd_pipeline_low must be 0, 1 or 2"):
+        kernel_scan.ScanConfig(fwd_pipeline_low=3)
+
+
 def test_scan_config_from_text_and_environment():
     assert kernel_scan.parse_scan_config("prefetch=8, bwd_rows=none") == {"prefetch": 8, "bwd_rows": None}
     assert kernel_scan.parse_scan_config("") == {}
@@ -221,14 +229,20 @@ def test_prefetch_hints_are_computed_but_not_issued_under_the_interpreter():
         (1, 7, 40, 16, 1),  # a distance longer than the sequence and the chunk
         (2, 17, 16, 4, 1),  # split into segments: forward, lambda pass and backward prefetch within a segment
         (1, 9, 32, 16, 2),
-        (2, 17, 16, 4, 0),  # lanes 0 here: one lane and no prefetch at all, the PF=0 code path
+        (2, 17, 16, 4, 0),  # lanes 0 here: one lane, no prefetch and no pipelining: the PF=0, PIPE=0 paths
     ],
 )
 def test_prefetching_scan_matches_the_reference(tiny_config, batch, length, dim, n, lanes):
     """The prefetch paths (their clamped step indices and addresses) leave every result as it was."""
     steps = 3 if lanes else 0
+    pipe = {} if lanes else {"fwd_pipeline": 0, "fwd_pipeline_low": 0, "bwd_pipeline": 0}  # and no pipelining
     config = dataclasses.replace(
-        tiny_config, prefetch=steps, fwd_prefetch=steps, fwd_prefetch_max_warps=32, bwd_lanes=max(lanes, 1)
+        tiny_config,
+        prefetch=steps,
+        fwd_prefetch=steps,
+        fwd_prefetch_max_warps=32,
+        bwd_lanes=max(lanes, 1),
+        **pipe,
     )
     previous = kernel_scan.set_scan_config(config)
     try:
@@ -249,7 +263,9 @@ def test_prefetching_scan_matches_the_reference(tiny_config, batch, length, dim,
 )
 def test_pipelined_loads_match_the_reference(tiny_config, batch, length, dim, n, lanes, dtype, fwd):
     """fwd_pipeline / bwd_pipeline (the next step's inputs loaded one step early) leave every result as it was."""
-    config = dataclasses.replace(tiny_config, fwd_pipeline=fwd, bwd_pipeline=1, bwd_lanes=lanes)
+    config = dataclasses.replace(
+        tiny_config, fwd_pipeline=fwd, fwd_pipeline_low=fwd, bwd_pipeline=1, bwd_lanes=lanes
+    )
     previous = kernel_scan.set_scan_config(config)
     try:
         check_against_reference(scan_inputs(batch, length, dim, n, dtype=dtype))

@@ -64,9 +64,13 @@ class ScanConfig:
         256 px training batches), where other warps already hide the load latency.
         fwd_pipeline / bwd_pipeline: 1 loads the next step's inputs into registers before the current step
         computes (the forward's loop; the backward's level-1 recompute), 0 loads each step's inputs when it
-        runs; fwd_pipeline 2 does so for u, delta and z only (B / C loaded when used, fewer registers).
-        Where a hint (prefetch) leaves the data one cache latency away, this leaves the warp none to
-        wait for, at the cost of the registers that hold one step's loads.
+        runs; fwd_pipeline 2 does so for u, delta and z only (B / C loaded when used; 64 registers, as
+        without). The forward uses fwd_pipeline_low instead at launches of at most fwd_prefetch_max_warps
+        warps per SM. bwd_pipeline applies to unsplit backward launches (the training shapes) only. On the
+        H200 (2026-12-03, one run): the forward with 1 at 12 warps per SM (512 px fine-tuning, batch-8
+        sampling at 1,024 px) 28-34% faster, with 2 at 31-47 (the 256 px training batches) up to 15% faster
+        and never slower, 1 there and at the split sampling launches up to 13% slower; the backward with 1
+        4-11% faster at the four training shapes, 5-16% slower at two of the three split ones.
     """
 
     fwd_warps: int = 1
@@ -83,8 +87,9 @@ class ScanConfig:
     prefetch_level: int = 2
     fwd_prefetch: int = 4
     fwd_prefetch_max_warps: int = 24
-    fwd_pipeline: int = 0
-    bwd_pipeline: int = 0
+    fwd_pipeline: int = 2
+    fwd_pipeline_low: int = 1
+    bwd_pipeline: int = 1
 
     def __post_init__(self) -> None:
         if self.t_save % self.t_sub or self.t_sub < 1:
@@ -96,8 +101,9 @@ class ScanConfig:
         for name in ("prefetch", "fwd_prefetch"):
             if not 0 <= getattr(self, name) <= 32:
                 raise ValueError(f"ScanConfig: {name} must be 0 to 32 steps, got {getattr(self, name)}")
-        if self.fwd_pipeline not in (0, 1, 2):
-            raise ValueError(f"ScanConfig: fwd_pipeline must be 0, 1 or 2, got {self.fwd_pipeline}")
+        for name in ("fwd_pipeline", "fwd_pipeline_low"):
+            if getattr(self, name) not in (0, 1, 2):
+                raise ValueError(f"ScanConfig: {name} must be 0, 1 or 2, got {getattr(self, name)}")
         if self.bwd_pipeline not in (0, 1):
             raise ValueError(f"ScanConfig: bwd_pipeline must be 0 or 1, got {self.bwd_pipeline}")
         if self.prefetch_level not in (1, 2):
@@ -114,6 +120,10 @@ class ScanConfig:
     def forward_prefetch(self, warps_per_sm: float) -> int:
         """Steps the forward prefetches ahead at a launch of ``warps_per_sm`` warps per SM (0: none)."""
         return self.fwd_prefetch if warps_per_sm <= self.fwd_prefetch_max_warps else 0
+
+    def forward_pipeline(self, warps_per_sm: float) -> int:
+        """The forward's pipelining mode (fwd_pipeline / fwd_pipeline_low) at a launch of ``warps_per_sm``."""
+        return self.fwd_pipeline_low if warps_per_sm <= self.fwd_prefetch_max_warps else self.fwd_pipeline
 
 
 CONFIG_ENV = "DIMLAB_SCAN_CONFIG"
@@ -305,7 +315,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus),
         num_warps=cfg.fwd_warps,
-        PIPE=cfg.fwd_pipeline,
+        PIPE=cfg.forward_pipeline(warps_per_sm),
         **cfg.prefetch_args(cfg.forward_prefetch(warps_per_sm)),
     )
     d_f = D.float().contiguous() if D is not None else dummy
@@ -439,7 +449,7 @@ def scan_backward(
             *(dz.stride()[:2] if z is not None else (0, 0)),
             N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
-            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), PIPE=bool(cfg.bwd_pipeline),
+            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), PIPE=bool(cfg.bwd_pipeline) and segments == 1,
             num_warps=1, **flags,
             **cfg.prefetch_args(),
             **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
