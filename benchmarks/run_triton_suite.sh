@@ -8,7 +8,8 @@
 #   env        GPU, torch, Triton, which scan backends import
 #   warm       compile every Triton kernel the later stages launch, in parallel processes (warm_triton_cache.py)
 #   ktests     tests/kernels (the interpreter tests, compiled on the GPU) and tests/gpu/test_triton_gpu.py without
-#              the mamba-ssm comparisons
+#              the mamba-ssm comparisons (-v: every result is printed when it completes, so a stage cut by its
+#              limit still names its failures; the junit report is written only at the end)
 #   scan       bench_scan.py: the scan alone, Triton launch configurations ($SCAN_CONFIGS) vs mamba-ssm's kernel
 #   pick       pick_scan_config.py on the scan stage's results: the fastest configuration is exported as
 #              DIMLAB_SCAN_CONFIG for every later stage (unless DIMLAB_SCAN_CONFIG was set already)
@@ -67,7 +68,7 @@ for case in s2_train l2_train h2_train h2_512_train h2_256_cfg h2_1024_cfg h2_10
 done
 stage warm 200 "$PYTHON" benchmarks/warm_triton_cache.py --workers "${WARM_WORKERS:-12}" --jobs "$WARM_JOBS"
 
-stage ktests 170 "$PYTHON" -m pytest -q -p no:cacheprovider -n 8 tests/kernels tests/gpu/test_triton_gpu.py \
+stage ktests 330 "$PYTHON" -m pytest -v -p no:cacheprovider -n 8 tests/kernels tests/gpu/test_triton_gpu.py \
     -k "not mamba_ssm" --junitxml="$OUT/ktests.xml"
 
 stage scan 150 "$PYTHON" benchmarks/bench_scan.py --configs "$SCAN_CONFIGS" --out "$OUT/scan.json"
