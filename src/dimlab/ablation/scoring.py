@@ -13,6 +13,7 @@ from typing import Any
 
 from dimlab.ablation.matrix import Scorer
 from dimlab.ablation.runner import find_last_checkpoint
+from dimlab.files import atomic_write
 
 SCORE_FILE = "score.json"
 
@@ -49,5 +50,6 @@ def score_row(scorer: Scorer, row_dir: Path) -> dict[str, Any]:
         k: float(v) for k, v in result.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
     metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    (row_dir / SCORE_FILE).write_text(json.dumps({**fingerprint, "metrics": metrics}, indent=2))
+    with atomic_write(row_dir / SCORE_FILE, "w") as handle:  # a killed scorer leaves no half-written score
+        handle.write(json.dumps({**fingerprint, "metrics": metrics}, indent=2))
     return metrics

@@ -18,6 +18,7 @@ import torch
 from dimlab.commands.options import add_trust_argument
 from dimlab.diffusion.schedules import SCHEDULES
 from dimlab.errors import CheckpointFileError
+from dimlab.files import atomic_write
 from dimlab.models.checkpoint import backbone_checkpoint, read_backbone_file, read_checkpoint
 from dimlab.models.official import (
     check_official_representable,
@@ -91,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     content = backbone_checkpoint(init_args, converted, source=f"official DiM checkpoint {args.src}")
     if spec is not None:
         content[CHECKPOINT_KEY] = spec.to_checkpoint()
-    torch.save(content, args.dst)
+    with atomic_write(args.dst, fsync=True) as handle:  # never a truncated checkpoint at the destination
+        torch.save(content, handle)
     n_params = sum(t.numel() for t in converted.values())
     print(f"wrote dimlab backbone ({n_params:,} parameters, {init_args}) to {args.dst}")
     if spec is None:

@@ -49,6 +49,7 @@ from dimlab.eval.ref_stats import (
 )
 from dimlab.eval.score import generate_and_score, score_images
 from dimlab.eval.split import LABEL_MODES, official_labels
+from dimlab.files import atomic_write
 from dimlab.sampling.images import save_pngs
 from dimlab.sampling.sampler import load_sampler
 
@@ -226,8 +227,8 @@ def _score_main(args) -> int:
     summary = fabric.launch(_run_rank, args, str(weights), ref, class_counts)
     report = _build_report(args, weights, ref, summary)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        with atomic_write(args.out, "w") as handle:
+            handle.write(json.dumps(report, indent=2) + "\n")
     _print_table(report)
     return 0
 
