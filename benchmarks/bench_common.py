@@ -214,3 +214,25 @@ def device_and_models(args: argparse.Namespace, script: str, known=MODELS) -> tu
     if unknown:
         sys.exit(f"{script}: unknown --models {unknown}; expected some of {list(known)}")
     return device, models
+
+
+def kernel_bench_setup(
+    args: argparse.Namespace, script: str, cases: dict, quick_cases: dict, default_reps: int
+) -> tuple[torch.device, int, int, dict]:
+    """The prologue of the Triton kernel benchmarks (``--device``, ``--quick``, ``--cases``, ``--warmup``,
+    ``--reps``): ``(device, warmup, reps, {case: shape})``; exits with a one-line message on a missing CUDA device,
+    a CPU run without ``TRITON_INTERPRET=1`` or an unknown case."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"{script}: --device cuda but no CUDA device is visible; use --device cpu --quick")
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        sys.exit(f"{script}: on the CPU the Triton kernels need TRITON_INTERPRET=1 in the environment")
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    reps = args.reps if args.reps is not None else (1 if args.quick else default_reps)
+    if args.quick:
+        return device, warmup, reps, dict(quick_cases)
+    names = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in names if c not in cases]
+    if unknown:
+        sys.exit(f"{script}: unknown --cases {unknown}; expected some of {list(cases)}")
+    return device, warmup, reps, {c: cases[c] for c in names}

@@ -24,14 +24,21 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ResultLog, copy_bandwidth, free_memory, is_oom, median_seconds, run_metadata  # noqa: E402
+from bench_common import (  # noqa: E402 - beside this script
+    ResultLog,
+    copy_bandwidth,
+    free_memory,
+    is_oom,
+    kernel_bench_setup,
+    median_seconds,
+    run_metadata,
+)
 from dimlab.kernels import causal_conv1d  # noqa: E402
 
 CASES = {
@@ -91,20 +98,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Time every (case, backend); write the JSON log and print a table."""
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_conv: --device cuda but no CUDA device is visible; use --device cpu --quick")
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        sys.exit("bench_conv: on the CPU the Triton kernels need TRITON_INTERPRET=1 in the environment")
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    reps = args.reps if args.reps is not None else (1 if args.quick else 20)
-    if args.quick:
-        cases = dict(QUICK_CASES)
-    else:
-        unknown = [c for c in args.cases.split(",") if c not in CASES]
-        if unknown:
-            sys.exit(f"bench_conv: unknown --cases {unknown}; expected some of {list(CASES)}")
-        cases = {c: CASES[c] for c in args.cases.split(",")}
+    device, warmup, reps, cases = kernel_bench_setup(args, "bench_conv", CASES, QUICK_CASES, 20)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if "cuda" in backends and (device.type != "cuda" or importlib.util.find_spec("causal_conv1d") is None):
         print(f"bench_conv: skipping backend 'cuda' (device {device.type} or causal-conv1d not installed)")

@@ -37,7 +37,6 @@ import argparse
 import importlib.util
 import json
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ResultLog, free_memory, is_oom, median_seconds, run_metadata  # noqa: E402 - beside this
+from bench_common import ResultLog, free_memory, is_oom, kernel_bench_setup, median_seconds, run_metadata  # noqa: E402
 from dimlab.kernels import ScanConfig, selective_scan, set_scan_config  # noqa: E402
 from dimlab.kernels.scan import num_segments, parse_scan_config  # noqa: E402
 from dimlab.models.scan import selective_scan_torch  # noqa: E402
@@ -193,20 +192,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("bench_scan: --device cuda but no CUDA device is visible; use --device cpu --quick")
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        sys.exit("bench_scan: on the CPU the Triton kernels need TRITON_INTERPRET=1 in the environment")
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    reps = args.reps if args.reps is not None else (1 if args.quick else 10)
-    if args.quick:
-        cases = dict(QUICK_CASES)
-    else:
-        unknown = [c for c in args.cases.split(",") if c not in CASES]
-        if unknown:
-            sys.exit(f"bench_scan: unknown --cases {unknown}; expected some of {list(CASES)}")
-        cases = {c: CASES[c] for c in args.cases.split(",")}
+    device, warmup, reps, cases = kernel_bench_setup(args, "bench_scan", CASES, QUICK_CASES, 10)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     if "cuda" in backends:
         have_mamba = (

@@ -18,6 +18,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from dimlab.kernels.scan_kernels import _zeros_tuple
+
 
 @triton.jit
 def _load_taps(w_ptr, s_we, s_wk, e, e_mask, K: tl.constexpr):
@@ -53,15 +55,6 @@ def _slide(window, value, K: tl.constexpr):
 
 
 @triton.jit
-def _zeros_window(BE: tl.constexpr, K: tl.constexpr):
-    """A window of K zero [BE] vectors."""
-    out = ()
-    for _k in tl.static_range(K):
-        out = out + (tl.zeros([BE], tl.float32),)
-    return out
-
-
-@triton.jit
 def _taps_dot(w, window, bias, K: tl.constexpr):
     """bias + sum_k w[k] window[k]."""
     acc = bias
@@ -85,7 +78,7 @@ def conv_fwd_kernel(
     bias = _load_bias(bias_ptr, e, e_mask, HAS_BIAS)
     x_base = x_ptr + pid_b * s_xb + e * s_xe
     o_base = out_ptr + pid_b * L * E + e
-    window = _zeros_window(BE, K)  # x[t - K + 1 .. t], oldest first
+    window = _zeros_tuple(BE, K)  # x[t - K + 1 .. t], oldest first
     for k in tl.static_range(K - 1):
         window = _slide(window, _load_step(x_base, t0 - (K - 1) + k, s_xt, e_mask, L), K)
     for i in tl.static_range(BT):
@@ -120,11 +113,11 @@ def conv_bwd_kernel(
     g_base = g_ptr + pid_b * s_gb + e * s_ge
     dx_base = dx_ptr + pid_b * s_dxb + e
     zero = tl.zeros([BE], tl.float32)
-    xwin = _zeros_window(BE, K)  # x[t - K + 1 .. t]
+    xwin = _zeros_tuple(BE, K)  # x[t - K + 1 .. t]
     for k in tl.static_range(K - 1):
         xwin = _slide(xwin, _load_step(x_base, t0 - (K - 1) + k, s_xt, e_mask, L), K)
-    gwin = _zeros_window(BE, K)  # gp[t - K + 1 .. t]; entries before t0 are never used
-    dw = _zeros_window(BE, K)
+    gwin = _zeros_tuple(BE, K)  # gp[t - K + 1 .. t]; entries before t0 are never used
+    dw = _zeros_tuple(BE, K)
     db = zero
     for i in tl.static_range(BT + K - 1):
         t = t0 + i

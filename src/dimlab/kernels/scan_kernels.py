@@ -179,6 +179,7 @@ def _load_vec(ptr, mask):
 
 @triton.jit
 def _zeros_tuple(BE: tl.constexpr, N: tl.constexpr):
+    """A tuple of N zero fp32 [BE] vectors (also the conv kernels' empty window)."""
     out = ()
     for _n in tl.static_range(N):
         out = out + (tl.zeros([BE], tl.float32),)
