@@ -11,7 +11,7 @@ import torch
 import triton
 
 from dimlab.kernels.conv_kernels import conv_bwd_kernel, conv_fwd_kernel
-from dimlab.kernels.scan import SUPPORTED_DTYPES, interpreting
+from dimlab.kernels.scan import SUPPORTED_DTYPES, interpreting, output_view
 
 BLOCK_T = 32  # steps per program: the halo of K - 1 steps costs (K - 1) / BLOCK_T extra loads
 BLOCK_E = 256  # channels per program: two per thread of its four warps (4-byte bf16 pairs)
@@ -79,15 +79,7 @@ def conv_backward(
     batch, length, dim = x.shape
     k = weight.shape[1]
     grid = _grid(batch, length, dim)
-    if dx_out is None:
-        dx = torch.empty((batch, length, dim), device=x.device, dtype=x.dtype)
-    elif tuple(dx_out.shape) != tuple(x.shape) or dx_out.stride(2) != 1 or dx_out.dtype != x.dtype:
-        raise ValueError(
-            f"causal_conv1d (triton): dx_out must be {tuple(x.shape)} {x.dtype} with contiguous channels, "
-            f"got {tuple(dx_out.shape)} {dx_out.dtype} strides {dx_out.stride()}"
-        )
-    else:
-        dx = dx_out
+    dx = output_view(dx_out, (batch, length, dim), x.dtype, x.device, "causal_conv1d (triton): dx_out")
     dw_part = torch.empty((batch * grid[1], k, dim), device=x.device, dtype=torch.float32)
     db_part = torch.empty((batch * grid[1], dim), device=x.device, dtype=torch.float32)
     conv_bwd_kernel[grid](

@@ -105,9 +105,8 @@ def _mamba_inner_bwd_op(
     cm = x_dbl[..., dt_rank + d_state :]
     grad_out = grad_out.to(dtype)
     dy = grad_out @ out_proj_w.to(dtype)
-    dxz = torch.empty_like(
-        xz, memory_format=torch.contiguous_format
-    )  # the kernels write both halves in place
+    # the scan and conv kernels write the two halves of xz's gradient in place (no concatenation)
+    dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
     du, ddt, dA, dB, dC, dD, _dz, dbias, y = scan_backward(
         x_conv, dt, A, bm, cm, D, z, dt_bias, True, states, dy, True, dz_out=dxz[..., dim:]
     )

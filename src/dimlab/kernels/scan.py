@@ -271,6 +271,21 @@ def check_scan_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
         )
 
 
+def output_view(
+    view: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, device, name: str
+) -> torch.Tensor:
+    """A fresh contiguous output of ``shape``, or the caller's ``view`` (a slice of a larger buffer) once checked:
+    that shape and dtype with contiguous channels, else a one-line ValueError naming ``name``."""
+    if view is None:
+        return torch.empty(shape, device=device, dtype=dtype)
+    if tuple(view.shape) != tuple(shape) or view.stride(-1) != 1 or view.dtype != dtype:
+        raise ValueError(
+            f"{name} must be {tuple(shape)} {dtype} with contiguous channels, "
+            f"got {tuple(view.shape)} {view.dtype} strides {view.stride()}"
+        )
+    return view
+
+
 def _a2t(A: torch.Tensor) -> torch.Tensor:
     """A * log2(e) as (N, E) fp32: what the kernels read (a decay is then one exp2)."""
     return (A.float() * LOG2E).t().contiguous()
@@ -389,15 +404,8 @@ def scan_backward(
     ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
     if z is None:
         dz = _empty(dev)
-    elif dz_out is not None:
-        if tuple(dz_out.shape) != (batch, length, dim) or dz_out.stride(2) != 1 or dz_out.dtype != z.dtype:
-            raise ValueError(
-                f"scan_backward: dz_out must be ({batch}, {length}, {dim}) {z.dtype} with contiguous channels, "
-                f"got {tuple(dz_out.shape)} {dz_out.dtype} strides {dz_out.stride()}"
-            )
-        dz = dz_out
     else:
-        dz = torch.empty((batch, length, dim), device=dev, dtype=z.dtype)
+        dz = output_view(dz_out, (batch, length, dim), z.dtype, dev, "scan_backward: dz_out")
     y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype) if write_y else _empty(dev)
     dB = torch.empty((batch, length, n), device=dev, dtype=B.dtype)
     dC = torch.empty((batch, length, n), device=dev, dtype=C.dtype)
@@ -449,8 +457,8 @@ def scan_backward(
             *(dz.stride()[:2] if z is not None else (0, 0)),
             N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
-            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y), PIPE=bool(cfg.bwd_pipeline) and segments == 1,
-            num_warps=1, **flags,
+            HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y),
+            PIPE=bool(cfg.bwd_pipeline) and segments == 1, num_warps=1, **flags,
             **cfg.prefetch_args(),
             **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
         )  # fmt: skip

@@ -120,16 +120,12 @@ def _dot_n(a, b, init, N: tl.constexpr):
     One chain would make every product wait for the previous one (N x the FMA latency per step); four
     chains cost three adds more and cut the dependent length to about N / 4 + 2.
     """
-    acc = (init, tl.zeros_like(init), tl.zeros_like(init), tl.zeros_like(init))
-    for n in tl.static_range(N):
-        if n % 4 == 0:
-            acc = (acc[0] + a[n] * b[n], acc[1], acc[2], acc[3])
-        elif n % 4 == 1:
-            acc = (acc[0], acc[1] + a[n] * b[n], acc[2], acc[3])
-        elif n % 4 == 2:
-            acc = (acc[0], acc[1], acc[2] + a[n] * b[n], acc[3])
-        else:
-            acc = (acc[0], acc[1], acc[2], acc[3] + a[n] * b[n])
+    acc = ()
+    for c in tl.static_range(4):
+        chain = init if c == 0 else tl.zeros_like(init)
+        for n in tl.static_range(c, N, 4):
+            chain += a[n] * b[n]
+        acc = acc + (chain,)
     return (acc[0] + acc[1]) + (acc[2] + acc[3])
 
 
@@ -398,14 +394,11 @@ def scan_fwd_kernel(
         dt, _dr = _step_dt(cur[1].to(tl.float32), bias, HAS_BIAS, SOFTPLUS)
         brow = _unpack_tiles(cur[3], N, NV)
         dtu = dt * u
-        hn = ()
+        hn = _advance(h, a2, dt, dtu, brow, N)
         if STATE_ONLY:
-            hn = _advance(h, a2, dt, dtu, brow, N)
             dsum += dt
         else:
-            crow = _unpack_tiles(cur[4], N, NV)
-            hn = _advance(h, a2, dt, dtu, brow, N)
-            y = _dot_n(hn, crow, d * u, N)
+            y = _dot_n(hn, _unpack_tiles(cur[4], N, NV), d * u, N)
             if HAS_Z:
                 zz = cur[2].to(tl.float32)
                 y = y * zz * tl.sigmoid(zz)
