@@ -182,13 +182,15 @@ def test_config_is_validated():
         kernel_scan.ScanConfig(fwd_prefetch=33)
     with pytest.raises(ValueError, match="bwd_pipeline must be 0 or 1"):
         kernel_scan.ScanConfig(bwd_pipeline=2)
+    with pytest.raises(ValueError, match="fast_math must be 0 or 1"):
+        kernel_scan.ScanConfig(fast_math=2)
 
 
 def test_forward_prefetches_only_at_low_occupancy():
     config = kernel_scan.ScanConfig(fwd_prefetch=4, fwd_prefetch_max_warps=24)
     assert config.forward_prefetch(16.0) == 4  # sampling shapes: few warps per SM
     assert config.forward_prefetch(31.0) == 0  # training batches: other warps hide the latency
-    assert config.prefetch_args(config.forward_prefetch(16.0))["PF"] == 4
+    assert config.device_args(config.forward_prefetch(16.0))["PF"] == 4
 
 
 def test_forward_pipelining_mode_follows_occupancy():
@@ -218,11 +220,13 @@ def test_scan_config_from_text_and_environment():
     )
 
 
-def test_prefetch_hints_are_computed_but_not_issued_under_the_interpreter():
-    """PF_LEVEL 0 (no hint) under the interpreter, which cannot run inline assembly; the configured level on a GPU."""
-    config = kernel_scan.ScanConfig(prefetch=8, prefetch_level=1)
-    expected = 0 if kernel_scan.interpreting() else 1
-    assert config.prefetch_args() == {"PF": 8, "PF_LEVEL": expected}
+def test_inline_assembly_is_left_out_under_the_interpreter():
+    """PF_LEVEL 0 (no prefetch hint) and FAST 0 (accurate functions) under the interpreter, which cannot run inline
+    assembly; the configured values on a GPU."""
+    config = kernel_scan.ScanConfig(prefetch=8, prefetch_level=1, fast_math=1)
+    gpu = not kernel_scan.interpreting()
+    assert config.device_args() == {"PF": 8, "PF_LEVEL": 1 if gpu else 0, "FAST": 1 if gpu else 0}
+    assert kernel_scan.ScanConfig(fast_math=0).device_args()["FAST"] == 0
 
 
 @pytest.mark.parametrize(
@@ -319,3 +323,35 @@ def test_two_lanes_per_channel_backward(tiny_config, batch, length, dim, n, dtyp
         check_against_reference(scan_inputs(batch, length, dim, n, dtype=dtype))
     finally:
         kernel_scan.set_scan_config(previous)
+
+
+@pytest.mark.parametrize(
+    "batch,length,dim,pipe",
+    [
+        (2, 17, 40, 1),  # split into segments (the carried adjoint read in the lane order), a partial warp
+        (1, 9, 32, 0),  # unsplit, level 1 without pipelining
+    ],
+)
+def test_xor_lane_layout_gives_the_plain_layouts_gradients(tiny_config, batch, length, dim, pipe):
+    """bwd_xor_layout (N = 16, bf16 B / C: a lane's states in a lane-dependent order, the dB / dC reduce-scatter
+    without most selects) gives the plain layout's gradients up to fp32 summation order and the bf16 outputs'
+    rounding; a wrong pairing of states would be off by O(1)."""
+    inputs = {
+        k: (v.detach() if v is not None else None) for k, v in scan_inputs(batch, length, dim, 16).items()
+    }
+    for name in ("u", "delta", "B", "C", "z"):
+        inputs[name] = inputs[name].to(torch.bfloat16)
+    grads = []
+    for xor in (1, 0):
+        config = dataclasses.replace(tiny_config, bwd_xor_layout=xor, bwd_pipeline=pipe)
+        previous = kernel_scan.set_scan_config(config)
+        try:
+            _, states = kernel_scan.scan_forward(*(inputs[k] for k in NAMES), True, True)
+            seed = torch.Generator().manual_seed(7)
+            grad_out = torch.randn(inputs["u"].shape, generator=seed).to(inputs["u"])
+            grads.append(kernel_scan.scan_backward(*(inputs[k] for k in NAMES), True, states, grad_out, True))
+        finally:
+            kernel_scan.set_scan_config(previous)
+    names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "y")
+    for name, xor_grad, plain_grad in zip(names, *grads, strict=True):
+        assert rel_err(xor_grad, plain_grad) < 2e-3, name

@@ -57,7 +57,11 @@ class ScanConfig:
         changes sampling). On the H200 infer_target_warps_per_sm=32 and min_segment=32 made the sampling
         scan 15-19% faster at batch 1 (1024-2048 px) and 38% faster at 256 px; batch 8 is not split.
         prefetch: how many steps ahead the backward's loops ask for their inputs (0: not at all);
-        prefetch_level: into which cache, 1 (L1) or 2 (L2).
+        prefetch_level: into which cache, 1 (L1) or 2 (L2); bwd_prefetch_reread: 1 has the backward's second
+        level prefetch u, delta and B too, which its first level read one chunk earlier, 0 only z, the output
+        gradient and C (always all six where there is no first level, t_sub == t_save). bwd_xor_layout: 1 has the
+        backward hold a lane's states in the order that lets the dB / dC reduction skip most selects
+        (scan_kernels._xor_layout; used with one lane per channel, N = 16 and bf16 B and C, DiM's training case).
         fwd_prefetch: the same for the forward, which uses it only when its launch has at most
         fwd_prefetch_max_warps warps per SM: on the H200 prefetching 4 steps ahead made the forward 9-27%
         faster at 12-16 warps per SM (512 px fine-tuning, the sampling shapes) and 6-8% slower at 31-47 (the
@@ -71,6 +75,9 @@ class ScanConfig:
         sampling at 1,024 px) 28-34% faster, with 2 at 31-47 (the 256 px training batches) up to 15% faster
         and never slower, 1 there and at the split sampling launches up to 13% slower; the backward with 1
         4-11% faster at the four training shapes, 5-16% slower at two of the three split ones.
+        fast_math: 1 computes softplus, sigmoid and reciprocals with the GPU's approximate instructions
+        (``rcp.approx``, ``lg2.approx``; relative errors near 1e-7) in a third of the instructions of Triton's
+        accurate ``log`` and ``div.full``; 0 with those. The interpreter always uses 0 (no inline assembly).
     """
 
     fwd_warps: int = 1
@@ -90,6 +97,9 @@ class ScanConfig:
     fwd_pipeline: int = 2
     fwd_pipeline_low: int = 1
     bwd_pipeline: int = 1
+    fast_math: int = 1
+    bwd_prefetch_reread: int = 1
+    bwd_xor_layout: int = 1
 
     def __post_init__(self) -> None:
         if self.t_save % self.t_sub or self.t_sub < 1:
@@ -104,18 +114,25 @@ class ScanConfig:
         for name in ("fwd_pipeline", "fwd_pipeline_low"):
             if getattr(self, name) not in (0, 1, 2):
                 raise ValueError(f"ScanConfig: {name} must be 0, 1 or 2, got {getattr(self, name)}")
-        if self.bwd_pipeline not in (0, 1):
-            raise ValueError(f"ScanConfig: bwd_pipeline must be 0 or 1, got {self.bwd_pipeline}")
+        for name in ("bwd_pipeline", "fast_math", "bwd_prefetch_reread", "bwd_xor_layout"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"ScanConfig: {name} must be 0 or 1, got {getattr(self, name)}")
         if self.prefetch_level not in (1, 2):
             raise ValueError(
                 f"ScanConfig: prefetch_level must be 1 (L1) or 2 (L2), got {self.prefetch_level}"
             )
 
-    def prefetch_args(self, steps: int | None = None) -> dict[str, int]:
-        """The kernels' PF / PF_LEVEL (``steps`` ahead, default ``prefetch``): under the interpreter the addresses
-        are computed but no hint is issued."""
+    def device_args(self, steps: int | None = None) -> dict[str, int]:
+        """The kernels' PF / PF_LEVEL (``steps`` ahead, default ``prefetch``) and FAST (``fast_math``): under the
+        interpreter, which cannot run inline assembly, the addresses are computed but no hint is issued, and the
+        accurate functions are used."""
         steps = self.prefetch if steps is None else steps
-        return {"PF": steps, "PF_LEVEL": 0 if interpreting() else self.prefetch_level}
+        gpu = not interpreting()
+        return {
+            "PF": steps,
+            "PF_LEVEL": self.prefetch_level if gpu else 0,
+            "FAST": self.fast_math if gpu else 0,
+        }
 
     def forward_prefetch(self, warps_per_sm: float) -> int:
         """Steps the forward prefetches ahead at a launch of ``warps_per_sm`` warps per SM (0: none)."""
@@ -331,7 +348,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         SOFTPLUS=bool(softplus),
         num_warps=cfg.fwd_warps,
         PIPE=cfg.forward_pipeline(warps_per_sm),
-        **cfg.prefetch_args(cfg.forward_prefetch(warps_per_sm)),
+        **cfg.device_args(cfg.forward_prefetch(warps_per_sm)),
     )
     d_f = D.float().contiguous() if D is not None else dummy
     bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
@@ -441,7 +458,7 @@ def scan_backward(
             scan_bwd_lambda_kernel[grid_lambda](
                 delta_r, a2t, c_r, z_r, bias_f, g_r, mu, dtsum, length, dim, seg_len,
                 *delta_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
-                N=n, BE=32, NV=nv, num_warps=1, **flags, **cfg.prefetch_args(),
+                N=n, BE=32, NV=nv, num_warps=1, **flags, **cfg.device_args(),
             )  # fmt: skip
             lamin = torch.empty_like(mu)
             scan_carry_kernel[(rb, n_eb_lambda)](
@@ -458,8 +475,12 @@ def scan_backward(
             N=n, LPC=lpc, P=p, K=max(1, p >> levels), DUP=dup, LEVELS=levels, NV=nv_half,
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
             HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y),
-            PIPE=bool(cfg.bwd_pipeline) and segments == 1, num_warps=1, **flags,
-            **cfg.prefetch_args(),
+            PIPE=bool(cfg.bwd_pipeline) and segments == 1, PF_REREAD=bool(cfg.bwd_prefetch_reread),
+            XOR=bool(cfg.bwd_xor_layout) and lpc == 1 and n == 16 and nv_half == 8
+            and B.dtype == C.dtype == torch.bfloat16,
+            ASM=not interpreting(),
+            num_warps=1, **flags,
+            **cfg.device_args(),
             **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
         )  # fmt: skip
         dB[sl] = db_part[:rb].sum(1)
