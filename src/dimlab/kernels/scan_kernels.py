@@ -25,7 +25,9 @@ first, recomputes its ``T_SUB`` states into registers and runs the adjoint recur
     d(dt_t A) = lam_t * exp(dt_t A) h_{t-1} = lam_t * (h_t - dt_t u_t B_t)
 
 Sums over channels (dB, dC) are reduced across the warp with a reduce-scatter of lane shuffles
-(:func:`_warp_reduce_scatter`) and written as per-warp partials, summed afterwards (deterministic, no atomics).
+(:func:`_warp_reduce_scatter`; for N = 16 with bf16 B / C the lanes hold their states in an order that spares
+most of its selects, :func:`_xor_layout`) and written as per-warp partials, summed afterwards (deterministic, no
+atomics).
 Sums over (batch, time) (dA, dD, d bias) are accumulated per program and written as partials too.
 """
 
