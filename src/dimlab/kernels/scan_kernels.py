@@ -713,6 +713,7 @@ def scan_bwd_kernel(
     With ``PIPE`` level 1 loads the inputs of its next step into registers before it computes the current one
     (registers that level 1 has spare: the kernel's peak is in level 2). ``PF_REREAD`` false: level 2 prefetches
     z, g and C only (level 1 read u, delta and B). ``FAST``: the approximate softplus and sigmoid (:func:`_rcp`).
+    ``XOR`` (LPC 1, N 16, bf16 B / C): the lane layout of :func:`_xor_layout`; ``ASM``: inline PTX allowed (a GPU).
     """
     BE: tl.constexpr = 32
     CH: tl.constexpr = 32 // LPC
