@@ -355,3 +355,39 @@ def test_xor_lane_layout_gives_the_plain_layouts_gradients(tiny_config, batch, l
     names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "y")
     for name, xor_grad, plain_grad in zip(names, *grads, strict=True):
         assert rel_err(xor_grad, plain_grad) < 2e-3, name
+
+
+@pytest.mark.parametrize(
+    "batch,length,dim,lanes,rows",
+    [
+        (1, 9, 32, 1, None),  # split into segments (the lambda pass reads delta and the gradient first)
+        (2, 8, 32, 1, 1),  # batch slices
+        (1, 3, 32, 2, None),  # two lanes per channel: fresh buffers instead
+    ],
+)
+def test_overwriting_delta_and_the_output_gradient_gives_the_same_gradients(
+    tiny_config, batch, length, dim, lanes, rows
+):
+    """overwrite_inputs=True (the fused mixer's backward) writes ddelta over delta and y over the output gradient:
+    the same values as into fresh buffers, so every value was read before its thread overwrote it."""
+    inputs = {
+        k: (v.detach() if v is not None else None) for k, v in scan_inputs(batch, length, dim, 16).items()
+    }
+    config = dataclasses.replace(tiny_config, bwd_lanes=lanes, bwd_rows=rows)
+    previous = kernel_scan.set_scan_config(config)
+    try:
+        _, states = kernel_scan.scan_forward(*(inputs[k] for k in NAMES), True, True)
+        grad_out = torch.randn_like(inputs["u"])
+        args = [inputs[k] for k in NAMES]
+        ref = kernel_scan.scan_backward(*args, True, states, grad_out, True)
+        delta, grad = inputs["delta"].clone(), grad_out.clone()
+        args[1] = delta
+        got = kernel_scan.scan_backward(*args, True, states, grad, True, overwrite_inputs=True)
+    finally:
+        kernel_scan.set_scan_config(previous)
+    names = ("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "y")
+    for name, a, b in zip(names, got, ref, strict=True):
+        assert torch.equal(a, b), name
+    aliased = lanes == 1
+    assert (got[1].data_ptr() == delta.data_ptr()) == aliased
+    assert (got[8].data_ptr() == grad.data_ptr()) == aliased

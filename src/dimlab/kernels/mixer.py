@@ -107,9 +107,25 @@ def _mamba_inner_bwd_op(
     dy = grad_out @ out_proj_w.to(dtype)
     # the scan and conv kernels write the two halves of xz's gradient in place (no concatenation)
     dxz = torch.empty_like(xz, memory_format=torch.contiguous_format)
+    # ddt overwrites dt and y overwrites dy (neither is needed after the scan): two (B, L, E) buffers fewer at
+    # the backward's memory peak, which decides the largest batch under activation checkpointing
     du, ddt, dA, dB, dC, dD, _dz, dbias, y = scan_backward(
-        x_conv, dt, A, bm, cm, D, z, dt_bias, True, states, dy, True, dz_out=dxz[..., dim:]
+        x_conv,
+        dt,
+        A,
+        bm,
+        cm,
+        D,
+        z,
+        dt_bias,
+        True,
+        states,
+        dy,
+        True,
+        dz_out=dxz[..., dim:],
+        overwrite_inputs=True,
     )
+    del dt, dy
     flat = grad_out.reshape(-1, grad_out.shape[-1])
     d_out_w = (flat.t() @ y.reshape(-1, dim)).to(out_proj_w.dtype)
     d_out_b = (

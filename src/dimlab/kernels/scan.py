@@ -388,12 +388,33 @@ def _rows_per_launch(batch: int, programs_per_row: int, device: torch.device) ->
 
 
 def scan_backward(
-    u, delta, A, B, C, D, z, delta_bias, softplus: bool, states, grad_out, write_y: bool, dz_out=None
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    softplus: bool,
+    states,
+    grad_out,
+    write_y: bool,
+    dz_out=None,
+    overwrite_inputs: bool = False,
 ):
     """Gradients ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, y)``; absent inputs give empty tensors.
 
     ``dz_out``: a (batch, L, E) view with contiguous channels (the z half of a (batch, L, 2E) gradient buffer)
     that dz is written into and returned as, so the caller needs no concatenation.
+
+    ``overwrite_inputs=True`` lets ddelta be written over ``delta`` and y over ``grad_out`` when they are
+    contiguous and of the outputs' dtypes (a caller that needs neither afterwards saves two (batch, L, E)
+    buffers at its memory peak: the fused mixer's backward under activation checkpointing). It is safe because
+    the thread that writes a (step, channel) value is the only one that reads it, and reads it first: the
+    backward walks time backwards and reads a step's delta and output gradient before it writes the step's
+    gradients; the lambda pass of a split sequence runs, whole, before. With two lanes per channel
+    (``bwd_lanes=2``) the other lane reads too, so fresh buffers are used there.
 
     ``y`` is the forward output recomputed (empty unless ``write_y``): a caller that did not keep it can form
     an output projection's weight gradient from it. Large batches run as several launches of
@@ -421,12 +442,21 @@ def scan_backward(
     nv_half = min(_row_vector_width(nh, B.dtype, B.stride(2)), _row_vector_width(nh, C.dtype, C.stride(2)))
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
     du = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
-    ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
+    overwrite = overwrite_inputs and lpc == 1
+    if overwrite and delta.is_contiguous():
+        ddelta = delta
+    else:
+        ddelta = torch.empty((batch, length, dim), device=dev, dtype=delta.dtype)
     if z is None:
         dz = _empty(dev)
     else:
         dz = output_view(dz_out, (batch, length, dim), z.dtype, dev, "scan_backward: dz_out")
-    y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype) if write_y else _empty(dev)
+    if not write_y:
+        y = _empty(dev)
+    elif overwrite and grad_out.is_contiguous() and grad_out.dtype == u.dtype:
+        y = grad_out
+    else:
+        y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
     dB = torch.empty((batch, length, n), device=dev, dtype=B.dtype)
     dC = torch.empty((batch, length, n), device=dev, dtype=C.dtype)
     da_sum = torch.zeros((n, dim), device=dev, dtype=torch.float32)
