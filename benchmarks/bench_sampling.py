@@ -11,7 +11,10 @@ Each case is timed with CUDA events (perf_counter on CPU): median of ``--reps`` 
 memory is the allocator's peak during the case; ``act_gib`` is that peak minus what was allocated before (weights
 and inputs), i.e. the activations of one NFE. Out-of-memory is caught and reported, and larger resolutions of the
 same model and batch are then skipped. ``--cuda-graphs`` also times a CUDA-graph replay of the same NFE, which
-removes the kernel-launch overhead that dominates small batches.
+removes the kernel-launch overhead that dominates small batches. ``--compile`` also times the backbone through
+``torch.compile`` (:class:`dimlab.diffusion.fast_eval.CompiledNetwork`, Inductor, one graph per shape), alone and,
+with ``--cuda-graphs``, replayed from a CUDA graph; ``first_call_s`` is the wall time of a case's first NFE, which
+for the compiled variant is its compilation.
 
 The crossover is the smallest resolution from which DiM's time per NFE stays below U-ViT's, per batch and variant,
 plus the resolution where the time ratio crosses 1 by linear interpolation of log(ratio) between the two measured
@@ -19,6 +22,7 @@ neighbours. The analytic MAC ratio (:mod:`dimlab.flops`) is printed beside it.
 
 Usage:
     python benchmarks/bench_sampling.py --out runs/bench_sampling.json --cuda-graphs
+    python benchmarks/bench_sampling.py --out runs/s.json --cuda-graphs --compile --batches 1 --resolutions 1024,1280
     python benchmarks/bench_sampling.py --quick --device cpu --out /tmp/sampling.json     # smoke check
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +47,7 @@ from bench_common import (  # noqa: E402 - shared helpers beside this script
     synchronize,
 )
 from dimlab.data.vae import SD_VAE_FACTOR  # noqa: E402
+from dimlab.diffusion.fast_eval import CompiledNetwork  # noqa: E402
 from dimlab.diffusion.guidance import cfg_model_fn  # noqa: E402
 from dimlab.flops import backbone_cost  # noqa: E402
 from dimlab.models.presets import build_backbone  # noqa: E402
@@ -74,15 +80,17 @@ def build_model(
     return model
 
 
-def nfe_function(model: torch.nn.Module, batch: int, resolution: int, cfg_scale: float, device: torch.device):
-    """A zero-argument callable running one guided NFE, and its static inputs (latent, time, labels)."""
+def nfe_function(
+    model: torch.nn.Module, batch: int, resolution: int, cfg_scale: float, device: torch.device, net=None
+):
+    """A zero-argument callable running one guided NFE of ``net`` (default ``model``) on static inputs."""
     side = resolution // SD_VAE_FACTOR
     g = torch.Generator(device="cpu").manual_seed(resolution * 100 + batch)
     x = torch.randn(batch, model.in_channels, side, side, generator=g).to(device)
     t = torch.full((batch,), 500.0, device=device)
     num_classes = model.num_classes
     y = torch.randint(0, max(num_classes, 1), (batch,), generator=g).to(device)
-    guided = cfg_model_fn(model, y, null_class=num_classes, cfg_scale=cfg_scale)
+    guided = cfg_model_fn(model if net is None else net, y, null_class=num_classes, cfg_scale=cfg_scale)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def nfe() -> torch.Tensor:
@@ -106,14 +114,19 @@ def graphed(nfe: Callable[[], torch.Tensor], device: torch.device) -> Callable[[
     return graph.replay
 
 
-def time_case(model, batch, resolution, cfg_scale, device, warmup, reps, use_graph) -> dict:
-    """Median ms per NFE, TFLOP/s and memory for one (model, batch, resolution, variant)."""
+def time_case(model, batch, resolution, cfg_scale, device, warmup, reps, use_graph, net=None) -> dict:
+    """Median ms per NFE, TFLOP/s and memory for one (model, batch, resolution, variant); ``net`` is what runs
+    (``model`` or its compiled form)."""
     free_memory(device)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-    nfe = nfe_function(model, batch, resolution, cfg_scale, device)
+    nfe = nfe_function(model, batch, resolution, cfg_scale, device, net)
+    start = time.perf_counter()
+    nfe()
+    synchronize(device)
+    first_call = time.perf_counter() - start
     fn = graphed(nfe, device) if use_graph else nfe
     seconds = median_seconds(fn, device, warmup, reps)
     synchronize(device)
@@ -122,6 +135,7 @@ def time_case(model, batch, resolution, cfg_scale, device, warmup, reps, use_gra
     forward_batch = 2 * batch if cfg_scale else batch
     record = {
         "ms_per_nfe": seconds * 1e3,
+        "first_call_s": first_call,
         "tokens": cost.tokens,
         "gmacs_per_nfe": cost.gmacs * forward_batch,
         "tflops_per_s": cost.flops(forward_batch, training=False) / seconds / 1e12,
@@ -162,7 +176,9 @@ def crossover(results: list[dict], batch: int, variant: str) -> dict:
     }
 
 
-def sweep_resolutions(log, model, name, family, batch, variant, resolutions, args, warmup, reps) -> None:
+def sweep_resolutions(
+    log, model, name, family, batch, variant, resolutions, args, warmup, reps, net=None
+) -> None:
     """Time one model, batch and variant at every resolution, stopping after an OOM or a too-slow NFE."""
     device = torch.device(args.device)
     stopped = None
@@ -176,7 +192,15 @@ def sweep_resolutions(log, model, name, family, batch, variant, resolutions, arg
         failure = None
         try:
             timing = time_case(
-                model, batch, resolution, args.cfg_scale, device, warmup, reps, variant == "graphs"
+                model,
+                batch,
+                resolution,
+                args.cfg_scale,
+                device,
+                warmup,
+                reps,
+                variant.endswith("graphs"),
+                net if variant.startswith("compile") else None,
             )
             record.update(timing, status="ok")
         except Exception as err:  # noqa: BLE001 - OOM and capture failures are results too
@@ -209,6 +233,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", default=None, help="sampling batch sizes (forward batch is twice)")
     parser.add_argument("--cfg-scale", type=float, default=0.4, help="U-ViT-convention guidance scale s")
     parser.add_argument("--cuda-graphs", action="store_true", help="also time a CUDA-graph replay per case")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the backbone through torch.compile (and with graphs)",
+    )
     parser.add_argument("--weights", choices=("fp32", "bf16"), default="fp32", help="weight dtype")
     parser.add_argument("--scan-backend", default="auto", help="DiM scan backend: auto, cuda or torch")
     parser.add_argument("--warmup", type=int, default=None, help="untimed NFEs per case (default 2; quick 1)")
@@ -245,6 +274,10 @@ def main(argv=None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     reps = args.reps if args.reps is not None else (2 if args.quick else 5)
     variants = ["eager", "graphs"] if args.cuda_graphs else ["eager"]
+    if args.compile:
+        variants += ["compile", "compile+graphs"] if args.cuda_graphs else ["compile"]
+        # one static graph per (model, shape): more shapes than Dynamo's default limit of 8 recompilations
+        torch._dynamo.config.recompile_limit = 64
     torch.backends.cuda.matmul.allow_tf32 = True
 
     meta = run_metadata(
@@ -264,10 +297,13 @@ def main(argv=None) -> int:
         if family is None:
             sys.exit(f"bench_sampling: --models entries must be dim_* or uvit_* presets, got {name!r}")
         model = build_model(name, device, args.quick, args.weights, args.scan_backend)
+        net = CompiledNetwork(model) if args.compile else None
         for batch in batches:
             for variant in variants:
-                sweep_resolutions(log, model, name, family, batch, variant, resolutions, args, warmup, reps)
-        del model
+                sweep_resolutions(
+                    log, model, name, family, batch, variant, resolutions, args, warmup, reps, net
+                )
+        del model, net
         free_memory(device)
 
     results = log.results
@@ -283,7 +319,7 @@ def print_table(results, crossovers, resolutions, batches, variants, meta) -> No
     print(f"\nTime per NFE with CFG (ms, median), bf16 autocast, {meta['weights']} weights, {meta['device']}")
     index = {(r["family"], r["batch"], r["variant"], r["resolution"]): r for r in results}
     header = (
-        f"{'batch':>5} {'variant':<7}{'px':>6}{'DiM ms':>10}{'U-ViT ms':>10}{'ratio':>7}{'MAC ratio':>10}"
+        f"{'batch':>5} {'variant':<15}{'px':>6}{'DiM ms':>10}{'U-ViT ms':>10}{'ratio':>7}{'MAC ratio':>10}"
     )
     header += f"{'DiM GiB':>9}{'U-ViT GiB':>10}"
     print(header)
@@ -305,7 +341,7 @@ def print_table(results, crossovers, resolutions, batches, variants, meta) -> No
                 ratio = f"{d['ms_per_nfe'] / u['ms_per_nfe']:.2f}" if both else "-"
                 macs = f"{d['gmacs_per_nfe'] / u['gmacs_per_nfe']:.2f}" if both else "-"
                 print(
-                    f"{batch:>5} {variant:<7}{res:>6}{cell(d, 'ms_per_nfe', '.2f'):>10}"
+                    f"{batch:>5} {variant:<15}{res:>6}{cell(d, 'ms_per_nfe', '.2f'):>10}"
                     f"{cell(u, 'ms_per_nfe', '.2f'):>10}{ratio:>7}{macs:>10}"
                     f"{cell(d, 'peak_mem_gib', '.1f'):>9}{cell(u, 'peak_mem_gib', '.1f'):>10}"
                 )

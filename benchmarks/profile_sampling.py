@@ -40,6 +40,7 @@ from bench_sampling import (  # noqa: E402
     nfe_function,
     parse_ints,
 )
+from dimlab.diffusion.fast_eval import CompiledNetwork  # noqa: E402
 from profile_train import kernel_records, summarize  # noqa: E402
 
 MODELS = ("dim_h2", "uvit_h2")
@@ -72,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", default=None, help="sampling batch sizes (default 1,8)")
     parser.add_argument("--cfg-scale", type=float, default=0.4, help="U-ViT-convention guidance scale s")
     parser.add_argument("--cuda-graphs", action="store_true", help="profile a CUDA-graph replay of the NFE")
+    parser.add_argument(
+        "--compile", action="store_true", help="profile the backbone through torch.compile (Inductor)"
+    )
     parser.add_argument("--scan-backend", default="auto", help="DiM scan backend: auto, triton, cuda, torch")
     parser.add_argument("--nfe", type=int, default=None, help="timed and profiled NFEs (default 3; quick 1)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed NFEs first (default 2; quick 1)")
@@ -94,16 +98,21 @@ def main(argv=None) -> int:
     batches = batches or list(QUICK_BATCHES if args.quick else BATCHES)
     nfe = args.nfe if args.nfe is not None else (1 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
-    meta = run_metadata(device, argv, cfg_scale=args.cfg_scale, cuda_graphs=args.cuda_graphs, nfe=nfe)
+    meta = run_metadata(
+        device, argv, cfg_scale=args.cfg_scale, cuda_graphs=args.cuda_graphs, compile=args.compile, nfe=nfe
+    )
+    if args.compile:
+        torch._dynamo.config.recompile_limit = 64  # one static graph per (model, shape)
     log = ResultLog(args.out, meta, "profile_sampling")
     for name in models:
         model = build_model(name, device, args.quick, "fp32", args.scan_backend)
+        net = CompiledNetwork(model) if args.compile else None
         for batch in batches:
             for resolution in resolutions:
                 record = {"model": name, "batch": batch, "forward_batch": 2 * batch, "resolution": resolution}
                 failure = None
                 try:
-                    fn = nfe_function(model, batch, resolution, args.cfg_scale, device)
+                    fn = nfe_function(model, batch, resolution, args.cfg_scale, device, net)
                     if args.cuda_graphs:
                         fn = graphed(fn, device)
                     record.update(profile_nfe(fn, device, nfe, warmup), status="ok")
@@ -116,7 +125,7 @@ def main(argv=None) -> int:
                 log.add(record)
                 if record["status"] == "ok":
                     print_case(record)
-        del model
+        del model, net
         free_memory(device)
     log.finish()
     print(f"results written to {args.out}")

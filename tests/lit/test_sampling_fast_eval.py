@@ -1,6 +1,7 @@
 """Sampling precision and CUDA-graph replay (``dimlab.diffusion.fast_eval``) through :class:`dimlab.sampling.sampler.Sampler`.
 
-CPU: bf16 autocast really applies and stays close to fp32; graphs are refused off CUDA with a clear message.
+CPU: bf16 autocast really applies and stays close to fp32; graphs are refused off CUDA with a clear message; a
+compiled backbone (traced whole, at the trained and at a larger grid) gives the eager samples.
 GPU (``gpu`` mark): graph replay equals eager sampling in fp32 and bf16, reuses its graphs for the next batch's
 labels, and handles the two resolutions of upsample guidance.
 """
@@ -10,7 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dimlab.diffusion.fast_eval import CudaGraphedModelFn, fast_model_fn, with_precision
+from dimlab.diffusion.fast_eval import (
+    CompiledNetwork,
+    CudaGraphedModelFn,
+    compile_backend,
+    fast_model_fn,
+    with_precision,
+)
 from dimlab.sampling.sampler import Sampler
 from dimlab.sampling.spec import DiffusionSpec
 from tiny_models import tiny_dim
@@ -63,6 +70,39 @@ def test_cuda_graphs_are_refused_without_a_cuda_device():
         fast_model_fn(lambda x, t: x, torch.device("cpu"), cuda_graphs=True)
     with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
         _draw(_sampler(), cuda_graphs=True)
+
+
+def test_a_compiled_backbone_samples_what_the_eager_one_does_at_two_grids_and_with_skip_tune():
+    """aot_eager traces the whole DiM (fullgraph: a break fails) without needing a C++ compiler on CI."""
+    sampler = _sampler()
+    for kwargs in ({}, {"latent_shape": (1, 12, 12)}, {"skip_tune": (0.8, 1.0)}):
+        eager = _draw(sampler, **kwargs)
+        compiled = _draw(sampler, compile="aot_eager", **kwargs)
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    (network,) = sampler._compiled.values()
+    assert isinstance(network, CompiledNetwork) and network.backend == "aot_eager"
+    # one traced graph per input shape (CFG doubles the batch), reused by later calls
+    assert {key[0] for key in network._shapes} == {(4, 1, 8, 8), (4, 1, 12, 12)}
+
+
+def test_compile_option_names_a_backend_or_is_refused():
+    assert compile_backend(False) is None and compile_backend(True) == "inductor"
+    assert compile_backend("aot_eager") == "aot_eager"
+    with pytest.raises(
+        ValueError, match="compile must be True, False or a torch.compile backend .*got 'yes'"
+    ):
+        compile_backend("yes")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_inductor_backbone_with_graph_replay_matches_eager_sampling(precision):
+    sampler = _sampler("cuda")
+    eager = _draw(sampler, precision=precision)
+    fast = _draw(sampler, precision=precision, cuda_graphs=True, compile=True)
+    tol = 1e-4 if precision == "fp32" else 3e-2
+    torch.testing.assert_close(fast, eager, rtol=tol, atol=tol)
 
 
 @pytest.mark.gpu

@@ -203,6 +203,8 @@ def _check_score_args(args) -> None:
         raise FileNotFoundError(f"--images path not found: {args.images}")
     if args.cuda_graphs and (args.ckpt is None or args.accelerator == "cpu"):
         raise ValueError("--cuda-graphs applies to sampling from --ckpt on a CUDA accelerator")
+    if args.compile and args.ckpt is None:
+        raise ValueError("--compile applies to sampling from --ckpt (it compiles the backbone)")
 
 
 def _score_main(args) -> int:
@@ -273,6 +275,7 @@ def _run_rank(fabric, args, weights: str, ref: ReferenceStats, class_counts) -> 
             steps=args.steps,
             precision=args.precision,
             cuda_graphs=args.cuda_graphs,
+            compile=args.compile,
         )
 
     on_batch = None

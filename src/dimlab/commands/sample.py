@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 skip_tune=args.skip_tune,
                 precision=args.precision,
                 cuda_graphs=args.cuda_graphs,
+                compile=args.compile,
             )
             arr = to_uint8_hwc(imgs)
             save_pngs(arr, out, idx)

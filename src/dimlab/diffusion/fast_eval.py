@@ -8,10 +8,17 @@ A sampler calls the same network 50 times with the same shapes. Two things make 
   launches of a DiM-H/2 evaluation cost one launch. That is what matters at small batches and 256 px, where a DiM
   evaluation is launch-bound (benchmarks/RESULTS.md: DiM-H/2 at batch 1, 256 px, 42 -> 18 ms per evaluation).
 
-Why not ``torch.compile(mode="reduce-overhead")``: Dynamo breaks the graph at every mamba-ssm kernel call, and with
-a break per block reduce-overhead captured little (benchmarks/RESULTS.md); plain ``torch.cuda.CUDAGraph`` capture
-records the kernels themselves, with no compilation. ``torch.cuda.make_graphed_callables`` targets autograd
-(forward + backward); sampling needs the forward alone.
+* ``compile=True`` runs the backbone through ``torch.compile`` (:class:`CompiledNetwork`): with dimlab's Triton
+  kernels registered as custom ops, Dynamo traces a whole DiM as one graph and Inductor fuses the norms, adaLN
+  modulation, gates, casts, residual adds and scan-order gathers between the matmuls and the scan. It costs a
+  compilation per input shape (tens of seconds for DiM-H/2), so it pays for many batches (FID), not for one grid.
+  It combines with ``cuda_graphs``: the graph then records the compiled kernels.
+
+Why CUDA graphs by hand rather than ``torch.compile(mode="reduce-overhead")``: with mamba-ssm's kernels Dynamo breaks
+the graph at every kernel call, and with a break per block reduce-overhead captured little (benchmarks/RESULTS.md);
+plain ``torch.cuda.CUDAGraph`` capture records the kernels themselves, whichever backend and with or without
+compilation. ``torch.cuda.make_graphed_callables`` targets autograd (forward + backward); sampling needs the forward
+alone.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -95,6 +103,50 @@ class CudaGraphedModelFn:
         with torch.cuda.graph(graph, pool=self._pool):
             static_out = self.fn(static_x, static_t)
         return static_x, static_t, static_out, graph
+
+
+class CompiledNetwork:
+    """``net(x, t, y, **kwargs)`` through ``torch.compile``: one static graph per input shape (``dynamic=False``).
+
+    The first call with a new input shape also runs ``net`` eagerly once, to fill the backbone's per-grid caches
+    (DiM's scan-order index plans are built on the CPU, which inside a trace is data-dependent), so that the
+    compiled call then traces the whole network as one graph (``fullgraph=True``: a graph break is an error rather
+    than a silent slowdown). ``backend`` is Inductor unless named (``"aot_eager"`` traces without generating
+    kernels, for tests on machines without a compiler).
+    """
+
+    def __init__(self, net: nn.Module, backend: str = "inductor") -> None:
+        self.net = net
+        self.backend = backend
+        self.compiled = torch.compile(net, backend=backend, fullgraph=True, dynamic=False)
+        self._shapes: set[tuple] = set()
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype, x.device, tuple(sorted(kwargs)))
+        if key not in self._shapes:
+            self.net(x, t, y, **kwargs)
+            self._shapes.add(key)
+        return self.compiled(x, t, y, **kwargs)
+
+
+def compile_backend(compile: bool | str) -> str | None:
+    """The ``torch.compile`` backend a ``compile`` option names: None (off), "inductor" for True, or the string.
+
+    ValueError for anything else (a typo such as ``compile="yes"`` is not a backend torch knows, which torch itself
+    would only report at the first network call).
+    """
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "inductor"
+    if isinstance(compile, str) and compile in torch._dynamo.list_backends(exclude_tags=()):
+        return compile
+    raise ValueError(
+        f"compile must be True, False or a torch.compile backend "
+        f"({', '.join(sorted(torch._dynamo.list_backends(exclude_tags=())))}), got {compile!r}"
+    )
 
 
 def fast_model_fn(

@@ -330,11 +330,13 @@ class DiM(nn.Module):
         """Position table for ``grid``, bilinearly resized from the stored grid when they differ.
 
         Resized tables are cached per grid while they cannot carry gradient (inference); the cache key includes
-        the parameter's version counter, so an in-place update invalidates it.
+        the parameter's version counter, so an in-place update invalidates it. Inside a ``torch.compile`` trace
+        the table is resized in the graph (the version counter is not traceable, and the resize is a few
+        microseconds of a compiled NFE).
         """
         if tuple(grid) == self.grid_size:
             return self.pos_embed
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad:
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
             return resize_pos_embed(self.pos_embed, self.grid_size, grid, NUM_COND_TOKENS)
         p = self.pos_embed
         key = (grid, p.device, p.dtype, p._version)

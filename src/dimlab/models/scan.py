@@ -316,7 +316,10 @@ def _chunked_outer_scan(rate, A, left, right, chunk: int, reverse: bool = False)
     steps = range(chunk - 1, -1, -1) if reverse else range(chunk)
     prev = None
     for j in steps:  # pass 1: every chunk from a zero state, all chunks at once
-        torch.mul(lefts[:, j], rights[:, j], out=h[:, j])
+        if torch.compiler.is_compiling():  # Dynamo cannot trace out= into a strided view
+            h[:, j] = lefts[:, j] * rights[:, j]
+        else:  # no temporary: on CPU a fresh large tensor costs its first-touch page faults
+            torch.mul(lefts[:, j], rights[:, j], out=h[:, j])
         if prev is not None:
             h[:, j].addcmul_(_decay(rates[:, j] * A), h[:, prev])
         prev = j

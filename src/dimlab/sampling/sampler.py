@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from dimlab.data.vae import decode_latents, load_vae
-from dimlab.diffusion.fast_eval import fast_model_fn
+from dimlab.diffusion.fast_eval import CompiledNetwork, compile_backend, fast_model_fn
 from dimlab.diffusion.guidance import cfg_model_fn
 from dimlab.diffusion.samplers import sample as run_sampler
 from dimlab.diffusion.schedules import build_schedule
@@ -55,6 +55,8 @@ class Sampler:
         self.schedule = build_schedule(spec.schedule)
         # CUDA-graphed guided model functions, reused across calls with the same shapes and settings (see sample()).
         self._graphed: dict = {}
+        # torch.compile'd backbones per backend (see sample()); each keeps its compiled graphs per input shape.
+        self._compiled: dict[str, CompiledNetwork] = {}
 
     @property
     def device(self) -> torch.device:
@@ -100,6 +102,7 @@ class Sampler:
         progress: bool = False,
         precision: str = "fp32",
         cuda_graphs: bool = False,
+        compile: bool | str = False,
     ) -> torch.Tensor:
         """Draw ``len(seeds)`` images in [-1, 1], shape (B, C, H, W).
 
@@ -111,7 +114,9 @@ class Sampler:
         :func:`dimlab.diffusion.upsample.skip_tune_scales`). ``precision="bf16"`` evaluates the network under bf16
         autocast; ``cuda_graphs=True`` (CUDA only) replays each network evaluation from a CUDA graph, captured
         once per batch shape and reused by later calls with the same settings (labels are copied into the graph's
-        static buffer). See :mod:`dimlab.diffusion.fast_eval`.
+        static buffer). ``compile=True`` runs the backbone through ``torch.compile`` (Inductor; a string names
+        another backend), compiled once per input shape and kept for later calls: worth it when many batches
+        follow (FID), not for one. See :mod:`dimlab.diffusion.fast_eval`.
         """
         device = self.device
         n = len(seeds)
@@ -126,7 +131,9 @@ class Sampler:
         shape = latent_shape or self.latent_shape
         noise = per_sample_noise(shape, seeds, device)
         guided = cfg_scale if self.class_conditional else 0.0
-        model_fn = self._guided_model_fn(y, guided, skip_tune, precision, cuda_graphs)
+        model_fn = self._guided_model_fn(
+            y, guided, skip_tune, precision, cuda_graphs, compile_backend(compile)
+        )
         if model_fn_wrapper is not None:
             model_fn = model_fn_wrapper(model_fn)
         z = run_sampler(model_fn, self.schedule, noise, sampler=sampler, steps=steps, progress=progress)
@@ -134,16 +141,26 @@ class Sampler:
             return z.clamp(-1, 1)
         return decode_latents(self.vae, z, scale=self.spec.latent_scale).clamp(-1, 1)
 
-    def _guided_model_fn(self, y, cfg_scale, skip_tune, precision, cuda_graphs):
-        """The CFG model function for labels ``y``, with ``precision`` and, optionally, CUDA-graph replay.
+    def _network(self, backend: str | None):
+        """The backbone, or its :class:`CompiledNetwork` for ``backend`` (made at the first request)."""
+        if backend is None:
+            return self.backbone
+        if backend not in self._compiled:
+            self._compiled[backend] = CompiledNetwork(self.backbone, backend)
+        return self._compiled[backend]
+
+    def _guided_model_fn(self, y, cfg_scale, skip_tune, precision, cuda_graphs, backend=None):
+        """The CFG model function for labels ``y``, with ``precision``, a compiled backbone when ``backend`` names a
+        ``torch.compile`` backend, and, optionally, CUDA-graph replay.
 
         With graphs, the labels live in a static buffer owned by the cached graphed function, so a later call with
         other labels (the next batch) replays the same graphs after copying its labels in.
         """
-        net = self.backbone if skip_tune is None else self._skip_tuned(*skip_tune)
+        network = self._network(backend)
+        net = network if skip_tune is None else self._skip_tuned(*skip_tune, network)
         if not cuda_graphs:
             return fast_model_fn(cfg_model_fn(net, y, self.null_class, cfg_scale), self.device, precision)
-        key = (y.shape[0], cfg_scale, skip_tune, precision)
+        key = (y.shape[0], cfg_scale, skip_tune, precision, backend)
         if key not in self._graphed:
             static_y = y.clone()
             fn = fast_model_fn(
@@ -188,8 +205,9 @@ class Sampler:
 
         return wrapper
 
-    def _skip_tuned(self, rho_top: float, rho_bottom: float):
-        """The backbone with skip-tune: every call derives the continuous time from the network time."""
+    def _skip_tuned(self, rho_top: float, rho_bottom: float, network):
+        """``network`` (the backbone or its compiled form) with skip-tune: every call derives the continuous time
+        from the network time."""
         receivers = int(getattr(self.backbone, "num_skip_receivers", 0))
         if receivers == 0:
             raise ValueError("skip-tune needs a backbone with long skip connections")
@@ -200,7 +218,7 @@ class Sampler:
             scales = skip_tune_scales(t_cont, receivers, rho_top=rho_top, rho_bottom=rho_bottom)
             # the schedule's time is float64; float32 factors keep the residual stream in its own dtype
             scales = scales.to(torch.float32)
-            return self.backbone(x, t_net, y, skip_scale=scales)
+            return network(x, t_net, y, skip_scale=scales)
 
         return net
 
