@@ -186,7 +186,9 @@ def test_bf16_fit_loss_curve_triton_matches_mamba_ssm(tmp_path, monkeypatch):
     curves = {backend: torch.tensor(_fit_losses(tmp_path, backend, shards)) for backend in ("triton", "cuda")}
     triton, cuda = curves["triton"], curves["cuda"]
     assert len(triton) == len(cuda) == 60 and torch.isfinite(triton).all()
-    # identical first steps up to kernel rounding, then the curves drift apart only as noise
+    # identical first steps up to kernel rounding, then the curves drift apart only as noise: two runs of the
+    # mamba-ssm backend itself (atomics in its backward) ended 4.3% apart in their last-20 means on an H200
+    # (benchmarks/RESULTS.md, call 13), two Triton runs 0.3%; a wrong gradient shows in the first steps
     assert (triton[:5] - cuda[:5]).abs().max() < 0.02 * cuda[:5].mean()
-    assert abs(triton[-20:].mean() - cuda[-20:].mean()) < 0.05 * cuda[-20:].mean()
+    assert abs(triton[-20:].mean() - cuda[-20:].mean()) < 0.10 * cuda[-20:].mean()
     assert triton[-20:].mean() < 0.8 * triton[:5].mean(), "the loss did not fall"
