@@ -164,3 +164,17 @@ def test_precision_and_cuda_graph_flags_through_the_cli(tiny_dim_ckpt, tmp_path)
         argv = ["sample", "--ckpt", str(tiny_dim_ckpt), "--out", str(tmp_path / "g"), "--cuda-graphs"]
         with pytest.raises(SystemExit, match="--cuda-graphs needs a CUDA device"):
             main(argv)
+
+
+def test_compile_flag_through_the_cli(tiny_dim_ckpt, tmp_path, capsys):
+    """--compile BACKEND samples the same image (aot_eager: traced whole, no C++ compiler needed on CI); a backend
+    torch does not know is refused before anything loads."""
+    common = ["--resolution", "16", "--upsample-guidance"]
+    eager, _ = _sample(tiny_dim_ckpt, tmp_path / "eager", *common)
+    compiled, args = _sample(tiny_dim_ckpt, tmp_path / "compiled", *common, "--compile", "aot_eager")
+    assert args["compile"] == "aot_eager"
+    np.testing.assert_array_equal(compiled, eager)
+    argv = ["sample", "--ckpt", str(tiny_dim_ckpt), "--out", str(tmp_path / "bad"), "--compile", "yes"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--compile yes: compile must be True, False or a torch.compile backend" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
+from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument, check_compile_argument
 from dimlab.console import make_console
 from dimlab.data.writers import make_progress
 from dimlab.diffusion.samplers import check_sampler_settings
@@ -205,6 +205,7 @@ def _check_score_args(args) -> None:
         raise ValueError("--cuda-graphs applies to sampling from --ckpt on a CUDA accelerator")
     if args.compile and args.ckpt is None:
         raise ValueError("--compile applies to sampling from --ckpt (it compiles the backbone)")
+    check_compile_argument(args)
 
 
 def _score_main(args) -> int:

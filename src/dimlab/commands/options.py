@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from dimlab.diffusion.fast_eval import PRECISIONS
+from dimlab.diffusion.fast_eval import PRECISIONS, compile_backend
+from dimlab.errors import BadArgumentError
 
 
 def add_fast_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +23,21 @@ def add_fast_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--compile",
-        action="store_true",
-        help="run the backbone through torch.compile (one compilation per batch shape, tens of seconds for "
-        "DiM-H/2; pays off over many batches)",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="run the backbone through torch.compile (Inductor unless a backend is named; one compilation per "
+        "batch shape, tens of seconds for DiM-H/2; pays off over many batches)",
     )
+
+
+def check_compile_argument(args: argparse.Namespace) -> None:
+    """BadArgumentError naming ``--compile`` when its backend is not one torch.compile knows."""
+    try:
+        compile_backend(args.compile)
+    except ValueError as err:
+        raise BadArgumentError(f"--compile {args.compile}: {err}") from err
 
 
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument
+from dimlab.commands.options import add_fast_eval_arguments, add_trust_argument, check_compile_argument
 from dimlab.commands.progress import SamplingProgress
 from dimlab.diffusion.samplers import SAMPLERS, check_sampler_settings
 from dimlab.errors import BadArgumentError
@@ -191,6 +191,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_sampler_settings(args.sampler, args.steps)
     except ValueError as err:
         raise BadArgumentError(f"--steps {args.steps} with --sampler {args.sampler}: {err}") from err
+    check_compile_argument(args)
     if args.resolution and (len(args.resolution) > 2 or min(args.resolution) < 1):
         given = " ".join(map(str, args.resolution))
         raise BadArgumentError(f"--resolution {given}: expected one size (square) or H W, in pixels")
