@@ -31,25 +31,49 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one ``fn()`` (CUDA events on GPU, so queued work before it is not counted)."""
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def median_seconds(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> float:
     """Median wall time of ``fn()`` over ``reps`` runs after ``warmup`` runs (CUDA events on GPU)."""
     for _ in range(warmup):
         fn()
     synchronize(device)
-    times = []
+    return statistics.median(seconds_once(fn, device) for _ in range(reps))
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, reps: int
+) -> dict[str, dict[str, float]]:
+    """Median, min and max wall time of each of ``fns``, timed round-robin: repetition r runs every function once
+    before repetition r + 1 starts.
+
+    A/B comparisons need this: the card's clock and temperature drift over a run, and back-to-back repetitions
+    put a whole drift on one variant (on an H200 the same forward kernel read up to 35% apart in three columns of
+    one back-to-back run, benchmarks/RESULTS.md, third session). Round-robin spreads it over all of them.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(seconds_once(fn, device))
+    return {
+        name: {"median": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()
+    }
 
 
 def copy_bandwidth(device: torch.device, quick: bool) -> float:

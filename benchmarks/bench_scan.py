@@ -12,7 +12,11 @@ Shapes (batch x L x E, N = 16, bf16 inputs, fp32 A/D/delta_bias, z gating, softp
     h2_2048_cfg     2 x 17166 x 3072   DiM-H/2 sampling at 2048 px, batch 1 with CFG
 
 Each case times ``fwd`` (no autograd: sampling) and ``fwd+bwd`` (forward keeping what the backward needs, then
-the backward of a fixed output gradient: training), median of ``--reps`` CUDA-event timings after ``--warmup``.
+the backward of a fixed output gradient: training), median (and min / max) of ``--reps`` CUDA-event timings after
+``--warmup``. By default the backends and configurations of a case are timed interleaved: repetition r runs every
+variant once before repetition r + 1, so that a drift of the card's clock falls on all of them alike
+(``--timing sequential`` times each variant's repetitions back to back, as the runs recorded up to the third
+session of 2026-12-03 did).
 mamba-ssm gets its native (batch, E, L) contiguous layout; the Triton kernels get channel-last (batch, L, E).
 
 The floor. A scan step does one exp per (batch, token, channel, state): B*L*E*N of them, and the multiprocessors'
@@ -44,7 +48,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ResultLog, free_memory, is_oom, kernel_bench_setup, median_seconds, run_metadata  # noqa: E402
+from bench_common import (  # noqa: E402
+    ResultLog,
+    free_memory,
+    interleaved_seconds,
+    is_oom,
+    kernel_bench_setup,
+    median_seconds,
+    run_metadata,
+    synchronize,
+)
 from dimlab.kernels import ScanConfig, selective_scan, set_scan_config  # noqa: E402
 from dimlab.kernels.scan import num_segments, parse_scan_config  # noqa: E402
 from dimlab.models.scan import selective_scan_torch  # noqa: E402
@@ -117,35 +130,105 @@ def config_name(config: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(config.items())) or "default"
 
 
-def run_case(backend, config, batch, length, dim, device, warmup, reps, grad: bool) -> dict:
-    """Median fwd (and fwd+bwd) ms and peak memory of one backend / config / shape."""
-    previous = set_scan_config(ScanConfig(**config)) if backend == "triton" else None
-    try:
-        inputs = make_inputs(batch, length, dim, D_STATE, device, channel_last=backend == "triton")
-        fn = scan_fn(backend)
-        record = {}
-        if backend == "triton":  # how many time segments run in parallel, under this config
-            record["segments_fwd"] = num_segments(batch, dim, length, device, training=False)
-            record["segments_train"] = num_segments(batch, dim, length, device, training=True)
+def prepare_case(backend, config, batch, length, dim, device, grad: bool) -> tuple[dict, dict]:
+    """Inputs for one backend / config / shape: the record's static fields (the Triton split) and the callables to
+    time, ``"fwd"`` (no autograd: sampling) and with ``grad`` ``"fwdbwd"`` (training); each call runs under
+    ``config``, set around it, so that variants can be timed interleaved."""
+    cfg = ScanConfig(**config) if backend == "triton" else None
+
+    def under_config(f):
+        if cfg is None:
+            return f
+
+        def run():
+            previous = set_scan_config(cfg)
+            try:
+                return f()
+            finally:
+                set_scan_config(previous)
+
+        return run
+
+    inputs = make_inputs(batch, length, dim, D_STATE, device, channel_last=backend == "triton")
+    fn = scan_fn(backend)
+    record = {}
+    if cfg is not None:  # how many time segments run in parallel, under this config
+        record.update(
+            under_config(
+                lambda: {
+                    "segments_fwd": num_segments(batch, dim, length, device, training=False),
+                    "segments_train": num_segments(batch, dim, length, device, training=True),
+                }
+            )()
+        )
+
+    def fwd():
         with torch.no_grad():
-            record["fwd_ms"] = median_seconds(lambda: fn(inputs), device, warmup, reps) * 1e3
-        if grad:
-            leaves = {k: v.requires_grad_() for k, v in inputs.items()}
-            grad_out = torch.randn_like(leaves["u"])
+            return fn(inputs)
 
-            def fwd_bwd():
-                out = fn(leaves)
-                torch.autograd.grad(out, list(leaves.values()), grad_out)
+    calls = {"fwd": under_config(fwd)}
+    if grad:
+        leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
+        grad_out = torch.randn_like(leaves["u"])
 
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            record["fwdbwd_ms"] = median_seconds(fwd_bwd, device, warmup, reps) * 1e3
-            if device.type == "cuda":
-                record["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        return record
-    finally:
-        if previous is not None:
-            set_scan_config(previous)
+        def fwd_bwd():
+            out = fn(leaves)
+            torch.autograd.grad(out, list(leaves.values()), grad_out)
+
+        calls["fwdbwd"] = under_config(fwd_bwd)
+    return record, calls
+
+
+def run_case(backend, config, batch, length, dim, device, warmup, reps, grad: bool) -> dict:
+    """Median fwd (and fwd+bwd) ms and peak memory of one backend / config / shape, timed on its own."""
+    record, calls = prepare_case(backend, config, batch, length, dim, device, grad)
+    for part, call in calls.items():
+        record[f"{part}_ms"] = median_seconds(call, device, warmup, reps) * 1e3
+    if "fwdbwd" in calls:
+        record["peak_mem_gib"] = peak_memory_gib(calls["fwdbwd"], device)
+    return record
+
+
+def peak_memory_gib(call, device) -> float | None:
+    """The allocator's peak during one ``call()`` (None off CUDA)."""
+    if device.type != "cuda":
+        call()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    call()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def time_variants(variants: dict, device, warmup: int, reps: int, interleave: bool) -> None:
+    """Fill each variant's record with ``fwd_ms`` / ``fwdbwd_ms`` (median) and their min / max, and the peak
+    memory of one forward + backward. ``variants``: name -> (record, calls) of :func:`prepare_case`; a variant
+    whose warm-up fails gets that status and is left out of the timing. ``interleave`` times the variants
+    round-robin (:func:`bench_common.interleaved_seconds`), else each on its own, back to back."""
+    alive = {}
+    for name, (record, calls) in variants.items():
+        try:
+            for call in calls.values():
+                for _ in range(max(1, warmup)):
+                    call()
+            synchronize(device)
+            alive[name] = (record, calls)
+        except Exception as err:  # noqa: BLE001 - OOM or a kernel failure is a result too
+            record["status"] = "oom" if is_oom(err) else f"error: {type(err).__name__}: {err}"[:300]
+    parts = sorted({part for _, calls in alive.values() for part in calls}, key=["fwd", "fwdbwd"].index)
+    for part in parts:
+        fns = {name: calls[part] for name, (_, calls) in alive.items() if part in calls}
+        groups = [fns] if interleave else [{name: fn} for name, fn in fns.items()]
+        for group in groups:
+            for name, t in interleaved_seconds(group, device, 0, reps).items():
+                record = alive[name][0]
+                record[f"{part}_ms"] = t["median"] * 1e3
+                record[f"{part}_ms_min"], record[f"{part}_ms_max"] = t["min"] * 1e3, t["max"] * 1e3
+    for record, calls in alive.values():
+        if "fwdbwd" in calls:
+            record["peak_mem_gib"] = peak_memory_gib(calls["fwdbwd"], device)
+        record["status"] = "ok"
 
 
 def _precompile_one(item) -> str:
@@ -187,6 +270,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock of the floor (H200: 1.98)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 3; quick 1)")
     parser.add_argument("--reps", type=int, default=None, help="timed runs (default 10; quick 1)")
+    parser.add_argument(
+        "--timing",
+        choices=("interleaved", "sequential"),
+        default="interleaved",
+        help="per case, time the backends / configs round-robin (default) or each on its own, back to back",
+    )
     return parser.parse_args(argv)
 
 
@@ -205,7 +294,9 @@ def main(argv=None) -> int:
     if args.precompile and "triton" in backends and device.type == "cuda":
         precompile(configs, list(cases.values()), device, not args.no_grad, args.precompile)
 
-    meta = run_metadata(device, argv, clock_ghz=args.clock_ghz, d_state=D_STATE, warmup=warmup, reps=reps)
+    meta = run_metadata(
+        device, argv, clock_ghz=args.clock_ghz, d_state=D_STATE, warmup=warmup, reps=reps, timing=args.timing
+    )
     if device.type == "cuda":
         numel = 256 * 2**20
         src, dst = torch.empty(numel, device=device), torch.empty(numel, device=device)
@@ -215,6 +306,7 @@ def main(argv=None) -> int:
     for case, (batch, length, dim) in cases.items():
         floor = exp_floor_ms(batch, length, dim, D_STATE, device, args.clock_ghz)
         bytes_fwd = 8 * batch * length * dim
+        variants = {}
         for backend in backends:
             for config in configs if backend == "triton" else [{}]:
                 record = {
@@ -229,14 +321,17 @@ def main(argv=None) -> int:
                     record["bytes_floor_fwd_ms"] = bytes_fwd / (meta["copy_gbps"] * 1e9) * 1e3
                     record["bytes_floor_fwdbwd_ms"] = 2.5 * bytes_fwd / (meta["copy_gbps"] * 1e9) * 1e3
                 try:
-                    record.update(
-                        run_case(backend, config, batch, length, dim, device, warmup, reps, not args.no_grad)
-                    )
-                    record["status"] = "ok"
-                except Exception as err:  # noqa: BLE001 - OOM or a kernel failure is a result too
+                    static, calls = prepare_case(backend, config, batch, length, dim, device, not args.no_grad)
+                    record.update(static)
+                    variants[f"{backend} {record['config']}"] = (record, calls)
+                except Exception as err:  # noqa: BLE001 - OOM while preparing is a result too
                     record["status"] = "oom" if is_oom(err) else f"error: {type(err).__name__}: {err}"[:300]
-                free_memory(device)
-                log.add(record)
+                    log.add(record)
+        time_variants(variants, device, warmup, reps, interleave=args.timing == "interleaved")
+        for record, _ in variants.values():
+            log.add(record)
+        variants.clear()
+        free_memory(device)
     log.finish()
     print_table(log.results, meta)
     print(f"results written to {args.out}")

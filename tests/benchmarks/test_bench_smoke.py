@@ -120,6 +120,16 @@ def test_find_max_batch_finds_the_threshold():
         bench.find_max_batch(lambda b: True, start=0, limit=8)
 
 
+def test_interleaved_timing_runs_the_variants_round_robin():
+    bench = load_script("bench_common")
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    stats = bench.interleaved_seconds(fns, torch.device("cpu"), warmup=2, reps=3)
+    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3  # warm-ups first, then one of each per rep
+    assert set(stats) == {"a", "b", "c"}
+    assert all(0 <= s["min"] <= s["median"] <= s["max"] for s in stats.values())
+
+
 def test_foreach_ema_equals_the_module_ema_update():
     bench = load_script("train_harness")
     torch.manual_seed(0)
