@@ -71,9 +71,7 @@ def interleaved_seconds(
     for _ in range(reps):
         for name, fn in fns.items():
             times[name].append(seconds_once(fn, device))
-    return {
-        name: {"median": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()
-    }
+    return {name: {"median": statistics.median(t), "min": min(t), "max": max(t)} for name, t in times.items()}
 
 
 def copy_bandwidth(device: torch.device, quick: bool) -> float:

@@ -321,7 +321,9 @@ def main(argv=None) -> int:
                     record["bytes_floor_fwd_ms"] = bytes_fwd / (meta["copy_gbps"] * 1e9) * 1e3
                     record["bytes_floor_fwdbwd_ms"] = 2.5 * bytes_fwd / (meta["copy_gbps"] * 1e9) * 1e3
                 try:
-                    static, calls = prepare_case(backend, config, batch, length, dim, device, not args.no_grad)
+                    static, calls = prepare_case(
+                        backend, config, batch, length, dim, device, not args.no_grad
+                    )
                     record.update(static)
                     variants[f"{backend} {record['config']}"] = (record, calls)
                 except Exception as err:  # noqa: BLE001 - OOM while preparing is a result too

@@ -125,7 +125,9 @@ def test_interleaved_timing_runs_the_variants_round_robin():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
     stats = bench.interleaved_seconds(fns, torch.device("cpu"), warmup=2, reps=3)
-    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3  # warm-ups first, then one of each per rep
+    assert (
+        calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3
+    )  # warm-ups first, then one of each per rep
     assert set(stats) == {"a", "b", "c"}
     assert all(0 <= s["min"] <= s["median"] <= s["max"] for s in stats.values())
 
