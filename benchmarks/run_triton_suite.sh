@@ -25,6 +25,8 @@
 #   memory     largest DiM-H/2 batch at 256 and 512 px, eager and activation checkpointing, Triton vs mamba-ssm
 #   profile    profile_train.py: where a DiM step's time goes with the Triton kernels
 #   profile_sampling  profile_sampling.py: where a guided NFE's time goes, DiM-H/2 and U-ViT-H/2, CUDA graphs
+#   sampling_compile  bench_sampling.py and profile_sampling.py with the backbones through torch.compile (and CUDA
+#              graphs), 1,024-2,048 px at batch 1, 1,280 / 1,536 px at batch 8: about 30 s of compilation a shape
 #   fit_e2e    bench_fit_e2e.py: `dimlab fit` of the DiM-H/2 recipe on synthetic latent shards, against the
 #              train stage's bench_train.py figure (train_h2.json)
 #   mtests     tests/gpu against mamba-ssm (kernel parity, the bf16 dimlab fit loss curve)
@@ -121,6 +123,15 @@ stage profile 120 "$PYTHON" benchmarks/profile_train.py --models dim_s2,dim_h2 -
 
 stage profile_sampling 150 "$PYTHON" benchmarks/profile_sampling.py --models dim_h2,uvit_h2 --scan-backend triton \
     --resolutions 256,1024,2048 --batches 1,8 --cuda-graphs --out "$OUT/profile_sampling.json"
+
+stage sampling_compile 420 "$PYTHON" benchmarks/bench_sampling.py --models dim_h2,uvit_h2 --batches 1 \
+    --resolutions 1024,1280,1536,2048 --cuda-graphs --compile --warmup 1 --reps 3 --max-nfe-seconds 3 \
+    --out "$OUT/sampling_compile_b1.json"
+stage sampling_compile 300 "$PYTHON" benchmarks/bench_sampling.py --models dim_h2,uvit_h2 --batches 8 \
+    --resolutions 1280,1536 --cuda-graphs --compile --warmup 1 --reps 3 --max-nfe-seconds 3 \
+    --out "$OUT/sampling_compile_b8.json"
+stage sampling_compile 150 "$PYTHON" benchmarks/profile_sampling.py --models dim_h2,uvit_h2 --scan-backend triton \
+    --resolutions 1280 --batches 1 --cuda-graphs --compile --out "$OUT/profile_sampling_compile.json"
 
 stage fit_e2e 200 "$PYTHON" benchmarks/bench_fit_e2e.py --steps 40 --batch 64 --workers 8 --compare "$OUT/train_h2.json" \
     --out "$OUT/fit_e2e.json"
