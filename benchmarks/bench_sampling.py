@@ -276,8 +276,6 @@ def main(argv=None) -> int:
     variants = ["eager", "graphs"] if args.cuda_graphs else ["eager"]
     if args.compile:
         variants += ["compile", "compile+graphs"] if args.cuda_graphs else ["compile"]
-        # one static graph per (model, shape): more shapes than Dynamo's default limit of 8 recompilations
-        torch._dynamo.config.recompile_limit = 64
     torch.backends.cuda.matmul.allow_tf32 = True
 
     meta = run_metadata(

@@ -101,8 +101,6 @@ def main(argv=None) -> int:
     meta = run_metadata(
         device, argv, cfg_scale=args.cfg_scale, cuda_graphs=args.cuda_graphs, compile=args.compile, nfe=nfe
     )
-    if args.compile:
-        torch._dynamo.config.recompile_limit = 64  # one static graph per (model, shape)
     log = ResultLog(args.out, meta, "profile_sampling")
     for name in models:
         model = build_model(name, device, args.quick, "fp32", args.scan_backend)

@@ -145,3 +145,22 @@ def test_graphed_model_fn_needs_cuda():
         pytest.skip("checks the message on machines without CUDA")
     with pytest.raises(RuntimeError, match="CUDA graphs need a CUDA device"):
         CudaGraphedModelFn(lambda x, t: x)
+
+
+def test_a_compiled_network_compiles_every_shape_asked_for():
+    """More input shapes than Dynamo's default recompile limit (8; under fullgraph a hard error beyond it)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 3)
+
+        def forward(self, x, t, y=None):
+            return self.linear(x) * t.view(-1, 1, 1)
+
+    net = Net()
+    compiled = CompiledNetwork(net, "aot_eager")
+    for n in range(1, 12):
+        x, t = torch.randn(2, n, 3), torch.rand(2)
+        torch.testing.assert_close(compiled(x, t), net(x, t))
+    assert len(compiled._shapes) == 11

@@ -106,6 +106,10 @@ class CudaGraphedModelFn:
         return static_x, static_t, static_out, graph
 
 
+#: How many input shapes one process may compile a backbone for (each costs its compilation, tens of seconds).
+MAX_SHAPES = 256
+
+
 class CompiledNetwork:
     """``net(x, t, y, **kwargs)`` through ``torch.compile``: one static graph per input shape (``dynamic=False``).
 
@@ -114,6 +118,10 @@ class CompiledNetwork:
     compiled call then traces the whole network as one graph (``fullgraph=True``: a graph break is an error rather
     than a silent slowdown). ``backend`` is Inductor unless named (``"aot_eager"`` traces without generating
     kernels, for tests on machines without a compiler).
+
+    Every shape asked for gets its graph: Dynamo's ``recompile_limit`` (8 graphs per function by default, and
+    under ``fullgraph`` a hard error beyond it) is raised to :data:`MAX_SHAPES` around the compiled call, since
+    each static graph here is asked for, not an accident of changing shapes.
     """
 
     def __init__(self, net: nn.Module, backend: str = "inductor") -> None:
@@ -129,7 +137,9 @@ class CompiledNetwork:
         if key not in self._shapes:
             self.net(x, t, y, **kwargs)
             self._shapes.add(key)
-        return self.compiled(x, t, y, **kwargs)
+        limit = max(torch._dynamo.config.recompile_limit, MAX_SHAPES)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return self.compiled(x, t, y, **kwargs)
 
 
 def compile_backend(compile: bool | str) -> str | None:
