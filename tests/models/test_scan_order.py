@@ -176,7 +176,11 @@ def test_grid_plan_position_ids(rows, cols, pad, num_sep, k):
     outputs = []
     for b in range(depth):
         if plan.transitions[b] is not None:
+            before = seq
             seq = seq[plan.transitions[b]]
+            assert torch.equal(seq[plan.inverse_transitions[b]], before), "the inverse undoes the transition"
+        else:
+            assert plan.inverse_transitions[b] is None
         assert torch.equal(seq[:prefix], torch.arange(prefix))
         order = scan_permutation(schedule[b], grid.padded_height, grid.padded_width)
         assert torch.equal(seq[prefix:], source[plan.assemble][prefix:][order])

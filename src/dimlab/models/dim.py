@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dimlab.models.layers import RMSNorm, TimestepMLP, modulate, resize_pos_embed, timestep_sinusoid, to_pair
 from dimlab.models.mamba import Mamba
+from dimlab.models.permute import permute_tokens
 from dimlab.models.scan_order import (
     PAD_FILLS,
     GridIndexPlan,
@@ -119,19 +120,21 @@ class DiMBlock(nn.Module):
         tmod: torch.Tensor,
         skip: torch.Tensor | None = None,
         order: torch.Tensor | None = None,
+        inverse: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Advance the fp32 stream ``h`` (B, L, D) by one block.
 
         ``tmod`` is the (B, 3D) adaLN-single vector, ``skip`` the incoming long-skip tensor (receiving blocks
         only; it is in the previous block's order, like ``h``), ``order`` the gather index into this block's
-        scan order (None = unchanged).
+        scan order (None = unchanged) and ``inverse`` its inverse permutation, which makes the gather's backward
+        a gather too (:func:`dimlab.models.permute.permute_tokens`).
         """
         if self.skip_fusion is not None:
             if skip is None:
                 raise ValueError("this DiM block receives a long skip but no skip tensor was given")
             h = self.skip_fusion(h, skip).float()
         if order is not None:
-            h = h.index_select(1, order)
+            h = permute_tokens(h, order, inverse)
         shift, scale, gate = (
             self.scale_shift_table.unsqueeze(0) + tmod.view(-1, 3, self.hidden_size)
         ).unbind(1)
@@ -420,11 +423,11 @@ class DiM(nn.Module):
                 if skip_scale is not None:
                     factor = skip_scale[..., k]
                     skip = skip * (factor.view(-1, 1, 1) if factor.ndim else factor)
-            order = plan.transitions[b]
+            order, inverse = plan.transitions[b], plan.inverse_transitions[b]
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, tmod, skip, order, use_reentrant=False)
+                h = checkpoint(block, h, tmod, skip, order, inverse, use_reentrant=False)
             else:
-                h = block(h, tmod, skip, order)
+                h = block(h, tmod, skip, order, inverse)
             if b in self._skip_sources:
                 skips.append(h)
 

@@ -206,7 +206,8 @@ class GridIndexPlan:
     ``assemble``: gather index over ``[cond tokens, separator tokens, image tokens (row-major), pad vectors]``
     that produces the block-0 sequence ``[cond, separators, padded grid in row-forward order]``.
     ``transitions[b]``: gather index moving the whole sequence from block ``b-1``'s order into block ``b``'s
-    (``None`` where the order does not change; prefix tokens always stay in front).
+    (``None`` where the order does not change; prefix tokens always stay in front); ``inverse_transitions[b]`` its
+    inverse permutation (the gather index of the transition's backward).
     ``extract``: gather index picking the image tokens (row-major) out of the last block's sequence.
     """
 
@@ -216,6 +217,7 @@ class GridIndexPlan:
     assemble: torch.Tensor
     transitions: tuple[torch.Tensor | None, ...]
     extract: torch.Tensor
+    inverse_transitions: tuple[torch.Tensor | None, ...]
 
     @property
     def seq_len(self) -> int:
@@ -231,6 +233,7 @@ class GridIndexPlan:
             assemble=self.assemble.to(device),
             transitions=tuple(None if t is None else t.to(device) for t in self.transitions),
             extract=self.extract.to(device),
+            inverse_transitions=tuple(None if t is None else t.to(device) for t in self.inverse_transitions),
         )
 
 
@@ -267,4 +270,5 @@ def build_grid_plan(
         assemble=assemble,
         transitions=tuple(transitions),
         extract=extract,
+        inverse_transitions=tuple(None if t is None else inverse_permutation(t) for t in transitions),
     )
