@@ -81,14 +81,6 @@ class ScanConfig:
         On the H200 (2026-12-03, one run, forward + backward): fast_math 1 was 1.5-7% faster than 0 at six of
         the eight bench_scan shapes (2-3% slower at two), bwd_xor_layout 1 1.4-5% faster at five (0.6-3% slower
         at three); bwd_prefetch_reread 0 was faster at two shapes and slower at three, so it stays 1.
-        fp32_rows: 1 hands the kernels B and C as fp32 copies ((batch, L, N): a few MB, made per call) instead of
-        reading the 16-bit rows in place, so that no step spends instructions widening them (2 per pair of
-        values, a sixth of the sampling forward's loop); with the XOR layout the backward gets every row in the
-        four lane orders it uses (:func:`_row_variants`), which also spares its per-lane ``prmt`` selects.
-        drop_masks / fwd_drop_masks: 1 compiles the backward (and its lambda pass) / the forward without the
-        channel masks when the channels are a multiple of a program's (every DiM model): the loads are no longer
-        predicated, so their registers need no zeroing (the compiler also schedules them earlier, which costs
-        the forward registers: 64 -> 70-80).
     """
 
     fwd_warps: int = 1
@@ -111,9 +103,6 @@ class ScanConfig:
     fast_math: int = 1
     bwd_prefetch_reread: int = 1
     bwd_xor_layout: int = 1
-    fp32_rows: int = 1
-    drop_masks: int = 1
-    fwd_drop_masks: int = 1
 
     def __post_init__(self) -> None:
         if self.t_save % self.t_sub or self.t_sub < 1:
@@ -128,15 +117,7 @@ class ScanConfig:
         for name in ("fwd_pipeline", "fwd_pipeline_low"):
             if getattr(self, name) not in (0, 1, 2):
                 raise ValueError(f"ScanConfig: {name} must be 0, 1 or 2, got {getattr(self, name)}")
-        for name in (
-            "bwd_pipeline",
-            "fast_math",
-            "bwd_prefetch_reread",
-            "bwd_xor_layout",
-            "fp32_rows",
-            "drop_masks",
-            "fwd_drop_masks",
-        ):
+        for name in ("bwd_pipeline", "fast_math", "bwd_prefetch_reread", "bwd_xor_layout"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"ScanConfig: {name} must be 0 or 1, got {getattr(self, name)}")
         if self.prefetch_level not in (1, 2):
@@ -258,29 +239,6 @@ def _row_vector_width(n: int, dtype: torch.dtype, stride: int) -> int:
     return width
 
 
-# m of scan_kernels._xor_layout (lane state order s ^ m) for the lane variants 2 * (lane bit 4) + (lane bit 3)
-_XOR_MASKS = (0, 1, 8, 9)
-
-
-@functools.lru_cache(maxsize=8)
-def _variant_index(n: int, device: torch.device) -> torch.Tensor:
-    # made on the device (no host-to-device copy, which a CUDA-graph capture would not allow)
-    states = torch.arange(n, device=device)
-    return torch.cat([states.bitwise_xor(m) for m in _XOR_MASKS])
-
-
-def _fp32_rows(x: torch.Tensor) -> torch.Tensor:
-    """B or C as the kernels read them with ``fp32_rows``: fp32, channels contiguous."""
-    x = x if x.dtype == torch.float32 else x.float()
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
-def _row_variants(x: torch.Tensor) -> torch.Tensor:
-    """B or C (batch, L, 16) as (batch, L, 64) fp32: the row in each of the four lane orders of the backward's XOR
-    layout, state s ^ m at column 16 v + s (m = 0, 1, 8, 9 for v = 0..3); variant 0 is the row itself."""
-    return x.float().index_select(-1, _variant_index(x.shape[-1], x.device))
-
-
 def _pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
@@ -375,8 +333,6 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         if save_states
         else _empty(dev)
     )
-    if cfg.fp32_rows:
-        B, C = _fp32_rows(B), _fp32_rows(C)
     segments = num_segments(batch, dim, length, dev, training=save_states)
     seg_len = _segment_length(length, segments, cfg.t_save if save_states else 1)
     segments = math.ceil(length / seg_len)
@@ -394,7 +350,6 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, softplus: bool, save_state
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus),
         num_warps=cfg.fwd_warps,
-        EVEN=bool(cfg.fwd_drop_masks) and dim % block == 0,
         PIPE=cfg.forward_pipeline(warps_per_sm),
         **cfg.device_args(cfg.forward_prefetch(warps_per_sm)),
     )
@@ -477,19 +432,14 @@ def scan_backward(
     seg_len = _segment_length(length, segments, cfg.t_save)
     segments = math.ceil(length / seg_len)
     lpc = cfg.bwd_lanes if n % 2 == 0 else 1  # lanes per channel in the main backward kernel
-    rows4 = bool(cfg.fp32_rows and cfg.bwd_xor_layout) and lpc == 1 and n == 16
-    db_dtype, dc_dtype = B.dtype, C.dtype
-    if cfg.fp32_rows and not rows4:
-        B, C = _fp32_rows(B), _fp32_rows(C)
     n_eb = triton.cdiv(dim, 32 // lpc)
     n_eb_lambda = triton.cdiv(dim, 32)
     grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
     d_f = D.float().contiguous() if D is not None else dummy
     bias_f = delta_bias.float().contiguous() if delta_bias is not None else dummy
-    row_dtype, b_stride, c_stride = (torch.float32, 1, 1) if rows4 else (B.dtype, B.stride(2), C.stride(2))
-    nv = min(_row_vector_width(n, row_dtype, b_stride), _row_vector_width(n, row_dtype, c_stride))
+    nv = min(_row_vector_width(n, B.dtype, B.stride(2)), _row_vector_width(n, C.dtype, C.stride(2)))
     nh = n // lpc
-    nv_half = min(_row_vector_width(nh, row_dtype, b_stride), _row_vector_width(nh, row_dtype, c_stride))
+    nv_half = min(_row_vector_width(nh, B.dtype, B.stride(2)), _row_vector_width(nh, C.dtype, C.stride(2)))
     flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus))
     du = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
     overwrite = overwrite_inputs and lpc == 1
@@ -507,8 +457,8 @@ def scan_backward(
         y = grad_out
     else:
         y = torch.empty((batch, length, dim), device=dev, dtype=u.dtype)
-    dB = torch.empty((batch, length, n), device=dev, dtype=db_dtype)
-    dC = torch.empty((batch, length, n), device=dev, dtype=dc_dtype)
+    dB = torch.empty((batch, length, n), device=dev, dtype=B.dtype)
+    dC = torch.empty((batch, length, n), device=dev, dtype=C.dtype)
     da_sum = torch.zeros((n, dim), device=dev, dtype=torch.float32)
     dd_sum = torch.zeros(dim, device=dev, dtype=torch.float32)
     dbias_sum = torch.zeros(dim, device=dev, dtype=torch.float32)
@@ -533,8 +483,6 @@ def scan_backward(
         grid = (rb, n_eb, segments)
         grid_lambda = (rb, n_eb_lambda, segments)
         u_r, delta_r, b_r, c_r, g_r = u[sl], delta[sl], B[sl], C[sl], grad_out[sl]
-        if rows4:  # per batch slice, so that the copies stay as small as the slice's other buffers
-            b_r, c_r = _row_variants(b_r), _row_variants(c_r)
         z_r = z[sl] if z is not None else u_r
         lamin = dummy
         if segments > 1:
@@ -543,8 +491,7 @@ def scan_backward(
             scan_bwd_lambda_kernel[grid_lambda](
                 delta_r, a2t, c_r, z_r, bias_f, g_r, mu, dtsum, length, dim, seg_len,
                 *delta_r.stride(), *c_r.stride(), *z_r.stride(), *g_r.stride(),
-                N=n, BE=32, NV=nv, num_warps=1, EVEN=bool(cfg.drop_masks) and dim % 32 == 0,
-                **flags, **cfg.device_args(),
+                N=n, BE=32, NV=nv, num_warps=1, **flags, **cfg.device_args(),
             )  # fmt: skip
             lamin = torch.empty_like(mu)
             scan_carry_kernel[(rb, n_eb_lambda)](
@@ -562,12 +509,8 @@ def scan_backward(
             T_SAVE=cfg.t_save, T_SUB=cfg.t_sub,
             HAS_D=D is not None, HAS_LAMIN=segments > 1, WRITE_Y=bool(write_y),
             PIPE=bool(cfg.bwd_pipeline) and segments == 1, PF_REREAD=bool(cfg.bwd_prefetch_reread),
-            XOR=rows4 or (
-                bool(cfg.bwd_xor_layout) and lpc == 1 and n == 16 and nv_half == 8
-                and B.dtype == C.dtype == torch.bfloat16
-            ),
-            ROWS4=rows4,
-            EVEN=bool(cfg.drop_masks) and dim % (32 // lpc) == 0,
+            XOR=bool(cfg.bwd_xor_layout) and lpc == 1 and n == 16 and nv_half == 8
+            and B.dtype == C.dtype == torch.bfloat16,
             ASM=not interpreting(),
             num_warps=1, **flags,
             **cfg.device_args(),

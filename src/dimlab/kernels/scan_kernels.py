@@ -303,15 +303,6 @@ def _store_state(ptr, E, e, mask, h, N: tl.constexpr, nb=0, perm=None):
 
 
 @triton.jit
-def _channel_mask(e, E, EVEN: tl.constexpr):
-    """e < E, or with ``EVEN`` (the channels are a multiple of the program's) a constant true that the compiler
-    folds away: no predicated loads, whose destinations would be zeroed first, nor predicated stores."""
-    if EVEN:
-        return tl.full(e.shape, 1, tl.int1)
-    return e < E
-
-
-@triton.jit
 def _step_dt(dr, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """(dt, d dt / d delta): softplus(delta + bias) and its sigmoid, or delta + bias and 1."""
     if HAS_BIAS:
@@ -474,7 +465,7 @@ def scan_fwd_kernel(
     N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr, T_SAVE: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, SAVE: tl.constexpr, STATE_ONLY: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
-    PIPE: tl.constexpr, FAST: tl.constexpr, EVEN: tl.constexpr,
+    PIPE: tl.constexpr, FAST: tl.constexpr,
 ):  # fmt: skip
     """One (batch row, channel block, segment): the scan over the segment (see the module docstring).
 
@@ -490,7 +481,7 @@ def scan_fwd_kernel(
     pid_s = tl.program_id(2)
     n_seg = tl.num_programs(2)
     e = pid_e * BE + tl.arange(0, BE)
-    emask = _channel_mask(e, E, EVEN)
+    emask = e < E
     a2 = _load_state(a2_ptr, E, e, emask, N)
     seg_slab = (pid_b * n_seg + pid_s) * N * E
     if HAS_INIT:
@@ -595,7 +586,7 @@ def scan_bwd_lambda_kernel(
     s_db, s_dt, s_de, s_cb, s_ct, s_cn, s_zb, s_zt, s_ze, s_gb, s_gt, s_ge,
     N: tl.constexpr, BE: tl.constexpr, NV: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
-    FAST: tl.constexpr, EVEN: tl.constexpr,
+    FAST: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 of a split backward: the adjoint a segment sends to its left neighbour from a zero start.
 
@@ -607,7 +598,7 @@ def scan_bwd_lambda_kernel(
     pid_s = tl.program_id(2)
     n_seg = tl.num_programs(2)
     e = pid_e * BE + tl.arange(0, BE)
-    emask = _channel_mask(e, E, EVEN)
+    emask = e < E
     a2 = _load_state(a2_ptr, E, e, emask, N)
     bias = tl.load(bias_ptr + e, mask=emask, other=0.0) if HAS_BIAS else 0.0
     dl_base = dl_ptr + pid_b * s_db + e * s_de
@@ -649,29 +640,30 @@ def scan_bwd_lambda_kernel(
 
 
 @triton.jit
-def _row(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, lx, ASM: tl.constexpr):
-    """This lane's NH values of a B / C row: the NH from column ``nb`` (a per-lane [BE] vector: the lane's half
-    with two lanes per channel, or its variant of pre-permuted rows; None: from 0), or all N in the order of the
-    bf16 lane layout ``lx`` (:func:`_xor_layout`)."""
-    return _unpack_tiles(_tiles(ptr, stride_n, e, mask, NH, NV, nb, lx), NH, NV, lx, ASM)
+def _row(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, LPC: tl.constexpr, lx,
+         ASM: tl.constexpr):  # fmt: skip
+    """This lane's NH values of a B / C row: all of them with one lane per channel (in the order of the lane
+    layout ``lx``, or None), its half with two."""
+    return _unpack_tiles(_tiles(ptr, stride_n, e, mask, NH, NV, nb, LPC, lx), NH, NV, lx, ASM)
 
 
 @triton.jit
-def _tiles(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, lx):
+def _tiles(ptr, stride_n, e, mask, NH: tl.constexpr, NV: tl.constexpr, nb, LPC: tl.constexpr, lx):
     """:func:`_row`, as loaded (:func:`_load_tiles`): unpack with :func:`_unpack_tiles` (NH, NV, lx)."""
+    if LPC == 2:
+        return _load_tiles(ptr, stride_n, e, mask, NH, NV, nb)
     if lx is not None:
         return _load_tiles(ptr, stride_n, e, mask, NH, NV, None, lx[0])
-    if nb is not None:
-        return _load_tiles(ptr, stride_n, e, mask, NH, NV, nb)
     return _load_tiles(ptr, stride_n, e, mask, NH, NV)
 
 
 @triton.jit
-def _recompute_loads(u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH: tl.constexpr, NV: tl.constexpr, lx):
+def _recompute_loads(u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH: tl.constexpr, NV: tl.constexpr,
+                     LPC: tl.constexpr, lx):  # fmt: skip
     """The inputs of one recompute step (pointers at that step), as loaded: (u, delta, B tiles)."""
     u = tl.load(u_ptr, mask=valid, other=0.0)
     dl = tl.load(dl_ptr, mask=valid, other=0.0)
-    return u, dl, _tiles(b_ptr, s_bn, e, valid[:, None], NH, NV, nb, lx)
+    return u, dl, _tiles(b_ptr, s_bn, e, valid[:, None], NH, NV, nb, LPC, lx)
 
 
 @triton.jit
@@ -688,10 +680,10 @@ def _recompute_from(h, a2, bias, loads, valid, NH: tl.constexpr, NV: tl.constexp
 
 @triton.jit
 def _recompute_step(h, a2, bias, u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH: tl.constexpr, NV: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST: tl.constexpr, lx,
-                    ASM: tl.constexpr):  # fmt: skip
+                    LPC: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    FAST: tl.constexpr, lx, ASM: tl.constexpr):  # fmt: skip
     """The backward's forward recompute of one step (pointers at that step): (new state, u, dt, d dt / d delta)."""
-    loads = _recompute_loads(u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH, NV, lx)
+    loads = _recompute_loads(u_ptr, dl_ptr, b_ptr, s_bn, e, valid, nb, NH, NV, LPC, lx)
     return _recompute_from(h, a2, bias, loads, valid, NH, NV, HAS_BIAS, SOFTPLUS, FAST, lx, ASM)
 
 
@@ -708,7 +700,6 @@ def scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_LAMIN: tl.constexpr, WRITE_Y: tl.constexpr, PF: tl.constexpr, PF_LEVEL: tl.constexpr,
     PIPE: tl.constexpr, FAST: tl.constexpr, PF_REREAD: tl.constexpr, XOR: tl.constexpr, ASM: tl.constexpr,
-    ROWS4: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
     """One (batch row, 32 / LPC channels, segment) of the backward pass; one warp (see the module docstring).
 
@@ -735,22 +726,14 @@ def scan_bwd_kernel(
     n_seg = tl.num_programs(2)
     lane = tl.arange(0, BE)
     nb = (lane % LPC) * NH  # the lane's first state
-    # the lane's B / C columns: rb its first (None: 0), rx the bf16 lane layout (None: in order)
-    rb = nb if LPC == 2 else None
-    if XOR:  # one lane per channel, N = 16: the lane's states in _xor_layout's order
+    if XOR:  # one lane per channel, N = 16, bf16 B / C: the lane's states in _xor_layout's order
         lx = _xor_layout(lane)
         perm = lx[4]
-        if ROWS4:  # the rows come as four fp32 variants, (m = 0, 1, 8, 9) permuted: the lane's is 2 b4 + b3
-            rb = (2 * lx[0] + ((lane >> 3) & 1)) * N
-            rx = None
-        else:
-            rx = lx
     else:
         lx = None
         perm = None
-        rx = None
     e = pid_e * CH + lane // LPC
-    emask = _channel_mask(e, E, EVEN)
+    emask = e < E
     owner = emask & (nb == 0)  # one lane per channel writes the per-channel results
     a2 = _load_state(a2_ptr, E, e, emask, NH, nb, perm)
     bias = tl.load(bias_ptr + e, mask=emask, other=0.0) if HAS_BIAS else 0.0
@@ -806,7 +789,7 @@ def scan_bwd_kernel(
                                    pf_b, s_bt, None, 0, 1, PF_LEVEL)  # fmt: skip
             if PIPE:
                 nxt = _recompute_loads(u_base + t_c * s_ut, dl_base + t_c * s_dt, b_base + t_c * s_bt, s_bn, e,
-                                       emask, rb, NH, NV, rx)  # fmt: skip
+                                       emask, nb, NH, NV, LPC, lx)  # fmt: skip
             for j in range(NSUB):
                 _store_state(scratch + j * NH * BE, BE, 0, emask, h, NH)
                 for k in range(T_SUB):  # a run-time loop: unrolling it would only lengthen compilation
@@ -819,12 +802,12 @@ def scan_bwd_kernel(
                         cur = nxt
                         tn = tl.minimum(t + 1, t_ce - 1)
                         nxt = _recompute_loads(u_base + tn * s_ut, dl_base + tn * s_dt, b_base + tn * s_bt, s_bn,
-                                               e, emask, rb, NH, NV, rx)  # fmt: skip
+                                               e, emask, nb, NH, NV, LPC, lx)  # fmt: skip
                     else:
                         cur = _recompute_loads(u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
-                                               valid, rb, NH, NV, rx)  # fmt: skip
+                                               valid, nb, NH, NV, LPC, lx)  # fmt: skip
                     h, _u, _dt, _dg = _recompute_from(
-                        h, a2, bias, cur, valid, NH, NV, HAS_BIAS, SOFTPLUS, FAST, rx, ASM
+                        h, a2, bias, cur, valid, NH, NV, HAS_BIAS, SOFTPLUS, FAST, lx, ASM
                     )
         # level 2: sub-chunks last first; states in registers, adjoint backwards
         if PF > 0:
@@ -849,7 +832,7 @@ def scan_bwd_kernel(
                     t = t_s + k
                     h, u, dt, dg = _recompute_step(
                         h, a2, bias, u_base + t * s_ut, dl_base + t * s_dt, b_base + t * s_bt, s_bn, e,
-                        emask & (t < t_ce), rb, NH, NV, HAS_BIAS, SOFTPLUS, FAST, rx, ASM,
+                        emask & (t < t_ce), nb, NH, NV, LPC, HAS_BIAS, SOFTPLUS, FAST, lx, ASM,
                     )  # fmt: skip
                     hs = hs + (h,)
                     us = us + (u,)
@@ -863,8 +846,8 @@ def scan_bwd_kernel(
                     dt = dts[k]
                     hk = hs[k]
                     g = _load_vec(g_base + t * s_gt, valid)
-                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, rb, rx, ASM)
-                    crow = _row(c_base + t * s_ct, s_cn, e, valid[:, None], NH, NV, rb, rx, ASM)
+                    brow = _row(b_base + t * s_bt, s_bn, e, valid[:, None], NH, NV, nb, LPC, lx, ASM)
+                    crow = _row(c_base + t * s_ct, s_cn, e, valid[:, None], NH, NV, nb, LPC, lx, ASM)
                     y_part = _dot_n(hk, crow, tl.zeros([BE], tl.float32), NH)
                     y = _pair_sum(y_part, lane, LPC) + d * u
                     if HAS_Z:
