@@ -8,9 +8,10 @@ bf16-mixed``::
     with torch.autocast("cuda", torch.bfloat16):      # fp32 master weights, bf16 compute
         loss = module.training_step(batch, i)         # noise, times, CFG label dropout, backbone, eps-MSE
     loss.backward()
-    module.on_before_optimizer_step(optimizer)        # the grad-norm it logs is computed (logging itself is a no-op)
-    clip_grad_norm_(params, clip)                     # 1.0 for the ImageNet recipes, none for CIFAR-10
-    optimizer.step(); scheduler.step()                # AdamW from module.configure_optimizers()
+    module.on_after_backward()                        # the step's gradient norm is now stale
+    module.on_before_optimizer_step(optimizer)        # the norm it logs is computed once (logging is a no-op)
+    clip_to_norm(optimizer, clip, norm)               # by that norm; 1.0 for the ImageNet recipes, none for CIFAR-10
+    optimizer.step(); scheduler.step()                # AdamW from module.configure_optimizers(): fused on CUDA
     module.ema.update(module.backbone)                # what module.optimizer_step adds after the step
 
 The batch is a GPU-resident random tensor reused every step, so the data loader is not measured. What the Trainer
@@ -30,8 +31,9 @@ built model so that before/after comparisons share everything else:
                    does, in the default mode),
 * ``graphs``       CUDA graphs of the backbone forward + backward (``torch.cuda.make_graphed_callables``); the
                    loss, optimizer and EMA stay eager,
-* ``fused``        AdamW with ``fused=True`` (same hyper-parameters as ``configure_optimizers``),
-* ``foreach_ema``  the EMA update as one ``torch._foreach_lerp_`` over all tensors instead of a per-tensor loop.
+* ``unfused``      the optimizer-step tail as it was before :mod:`dimlab.lit.optim_step` (for A/B in one run):
+                   multi-tensor instead of fused AdamW, the logged grad norm from one kernel per parameter,
+                   ``clip_grad_norm_`` computing the norm again, and the EMA as one ``lerp_`` per tensor.
 
 ``--find-max-batch`` bisects the largest batch whose full training step fits (OOM caught), per variant, then
 times that batch too. Each step's phases are also timed with CUDA events (forward, backward, optimizer incl.
@@ -78,16 +80,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", default=None, help="comma-separated batch sizes (default: per model)")
     parser.add_argument("--find-max-batch", action="store_true", help="bisect the largest fitting batch")
     parser.add_argument("--max-batch-limit", type=int, default=2048, help="upper end of the batch search")
-    parser.add_argument("--variants", default=None, help="e.g. eager,compile+fused (see the docstring)")
+    parser.add_argument(
+        "--variants", default=None, help="e.g. eager,compile,compile+unfused (see the docstring)"
+    )
     parser.add_argument("--grad-ckpt", action="store_true", help="add the 'ckpt' knob to the single variant")
     parser.add_argument("--compile", action="store_true", help="add the 'compile' knob to the single variant")
     parser.add_argument(
         "--cuda-graphs", action="store_true", help="add the 'graphs' knob to the single variant"
     )
     parser.add_argument(
-        "--fused-optim", action="store_true", help="add the 'fused' knob to the single variant"
+        "--unfused",
+        action="store_true",
+        help="add the 'unfused' knob (the old step tail) to the single variant",
     )
-    parser.add_argument("--foreach-ema", action="store_true", help="add the 'foreach_ema' knob")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for the 'compile' knob")
     parser.add_argument(
         "--scan-backend",
@@ -115,8 +120,7 @@ def main(argv=None) -> int:
             "ckpt": args.grad_ckpt,
             "compile": args.compile,
             "graphs": args.cuda_graphs,
-            "fused": args.fused_optim,
-            "foreach_ema": args.foreach_ema,
+            "unfused": args.unfused,
         }
         variants = [{k for k, on in flags.items() if on}]
     steps = args.steps if args.steps is not None else (2 if args.quick else 10)

@@ -12,32 +12,33 @@ import torch
 
 from bench_common import MODELS, QUICK_OVERRIDES, ModelCase, free_memory, is_oom, synchronize
 from dimlab.lit.module import DiffusionModule
+from dimlab.lit.optim_step import clip_to_norm
 from dimlab.models.presets import build_backbone
 
 #: The overhead knobs a variant combines (``eager`` = none; see ``bench_train.py``).
-KNOBS = ("eager", "ckpt", "compile", "graphs", "fused", "foreach_ema")
+KNOBS = ("eager", "ckpt", "compile", "graphs", "unfused")
 
 
-class ForeachEMA:
-    """The EMA update of :class:`dimlab.lit.ema.EMA` as one fused ``_foreach_lerp_`` over every floating tensor.
+@torch.no_grad()
+def unfused_tail(params: list[torch.Tensor], clip: float | None) -> None:
+    """The optimizer-step tail before :mod:`dimlab.lit.optim_step` (the ``unfused`` knob, for A/B): the logged
+    grad norm from one norm kernel per parameter, then ``clip_grad_norm_`` computing the norm again."""
+    norms = [p.grad.detach().norm(2) for p in params if p.grad is not None]
+    if norms:
+        torch.linalg.vector_norm(torch.stack(norms).float(), 2)
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip)
 
-    Same result as ``EMA.update`` (``ema = decay * ema + (1 - decay) * source``); benchmarked as the alternative
-    to the per-tensor loop, whose cost is ~2 kernel launches per tensor plus two ``state_dict()`` walks per step.
-    """
 
-    def __init__(self, ema, source: torch.nn.Module) -> None:
-        ema_state, src_state = ema.module.state_dict(), source.state_dict()
-        floating = [n for n, v in ema_state.items() if v.dtype.is_floating_point]
-        self.decay = ema.decay
-        self.targets = [ema_state[n] for n in floating]
-        self.sources = [src_state[n].detach() for n in floating]
-        self.copies = [(ema_state[n], src_state[n]) for n in ema_state if n not in set(floating)]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        """Advance the average by one step."""
-        torch._foreach_lerp_(self.targets, self.sources, 1.0 - self.decay)
-        for target, value in self.copies:
+@torch.no_grad()
+def per_tensor_ema_update(ema, source: torch.nn.Module) -> None:
+    """The EMA step as one ``lerp_`` per tensor (before ``EMA.update`` went multi-tensor; the ``unfused`` knob)."""
+    ema_state = ema.module.state_dict()
+    for name, value in source.state_dict().items():
+        target = ema_state[name]
+        if target.dtype.is_floating_point:
+            target.lerp_(value.detach().to(target.dtype), 1.0 - ema.decay)
+        else:
             target.copy_(value)
 
 
@@ -64,11 +65,10 @@ class TrainHarness:
         module.backbone.gradient_checkpointing = "ckpt" in knobs
         config = module.configure_optimizers()
         self.optimizer, self.scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
-        if "fused" in knobs:
-            self.optimizer = _fused_copy(self.optimizer)
+        if "unfused" in knobs:
+            self.optimizer = _multi_tensor_copy(self.optimizer)
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.scheduler.lr_lambdas[0])
         self.params = [p for p in module.backbone.parameters() if p.requires_grad]
-        self.foreach_ema = ForeachEMA(module.ema, module.backbone) if "foreach_ema" in knobs else None
         module._forward = module.backbone
         if "compile" in knobs:
             module._forward = torch.compile(module.backbone, mode=compile_mode)
@@ -124,14 +124,18 @@ class TrainHarness:
         _record(events, 1)
         loss.backward()
         _record(events, 2)
-        module.on_before_optimizer_step(opt)
-        if self.case.clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.case.clip)
+        if "unfused" in self.knobs:
+            unfused_tail(self.params, self.case.clip)
+        else:
+            module.on_after_backward()
+            module.on_before_optimizer_step(opt)
+            if self.case.clip is not None:
+                clip_to_norm(opt, self.case.clip, module.step_grad_norm.get(opt))
         opt.step()
         self.scheduler.step()
         _record(events, 3)
-        if self.foreach_ema is not None:
-            self.foreach_ema.update()
+        if "unfused" in self.knobs:
+            per_tensor_ema_update(module.ema, module.backbone)
         else:
             module.ema.update(module.backbone)
         _record(events, 4)
@@ -199,10 +203,10 @@ def _record(events: list | None, index: int) -> None:
         events[index].record()
 
 
-def _fused_copy(optimizer: torch.optim.AdamW) -> torch.optim.AdamW:
-    """AdamW over the same parameter groups and hyper-parameters, with the fused (single-kernel) implementation."""
+def _multi_tensor_copy(optimizer: torch.optim.AdamW) -> torch.optim.AdamW:
+    """AdamW over the same parameter groups and hyper-parameters, multi-tensor (``foreach``) instead of fused."""
     groups = [{k: v for k, v in g.items() if k not in ("foreach", "fused")} for g in optimizer.param_groups]
-    return torch.optim.AdamW(groups, fused=True)
+    return torch.optim.AdamW(groups, fused=False)
 
 
 def build_module(name: str, device: torch.device, quick: bool, scan_backend: str) -> DiffusionModule:
@@ -224,7 +228,7 @@ def build_module(name: str, device: torch.device, quick: bool, scan_backend: str
 
 
 def parse_variants(text: str) -> list[set[str]]:
-    """``eager,compile+fused`` -> [set(), {"compile", "fused"}]; unknown knobs are an error."""
+    """``eager,compile+unfused`` -> [set(), {"compile", "unfused"}]; unknown knobs are an error."""
     variants = []
     for spec in text.split(","):
         knobs = {k.strip() for k in spec.split("+") if k.strip()}

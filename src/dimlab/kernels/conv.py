@@ -15,6 +15,7 @@ from dimlab.kernels.scan import SUPPORTED_DTYPES, interpreting, output_view
 
 BLOCK_T = 32  # steps per program: the halo of K - 1 steps costs (K - 1) / BLOCK_T extra loads
 BLOCK_E = 256  # channels per program: two per thread of its four warps (4-byte bf16 pairs)
+NUM_WARPS = 4
 
 
 def _grid(batch: int, length: int, dim: int) -> tuple[int, int, int]:
@@ -53,7 +54,7 @@ def _conv_fwd_op(
     conv_fwd_kernel[_grid(batch, length, dim)](
         x, weight, bias if bias is not None else weight, out,
         length, dim, *x.stride(), *weight.stride(),
-        K=weight.shape[1], BT=BLOCK_T, BE=BLOCK_E, HAS_BIAS=bias is not None, SILU=bool(silu), num_warps=4,
+        K=weight.shape[1], BT=BLOCK_T, BE=BLOCK_E, HAS_BIAS=bias is not None, SILU=bool(silu), num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
 
@@ -85,7 +86,7 @@ def conv_backward(
     conv_bwd_kernel[grid](
         x, weight, bias if bias is not None else weight, grad_out, dx, dw_part, db_part,
         length, dim, *x.stride(), *weight.stride(), *grad_out.stride(), *dx.stride()[:2],
-        K=k, BT=BLOCK_T, BE=BLOCK_E, HAS_BIAS=bias is not None, SILU=bool(silu), num_warps=4,
+        K=k, BT=BLOCK_T, BE=BLOCK_E, HAS_BIAS=bias is not None, SILU=bool(silu), num_warps=NUM_WARPS,
     )  # fmt: skip
     dw = dw_part.sum(0).t().contiguous().to(weight.dtype)  # contiguous, as the fake implementation promises
     db = db_part.sum(0).to(bias.dtype) if bias is not None else db_part.new_empty((0,))

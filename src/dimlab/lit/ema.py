@@ -52,14 +52,22 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, source: nn.Module) -> None:
-        """Move every floating tensor towards ``source``: ema = decay * ema + (1 - decay) * source."""
+        """Move every floating tensor towards ``source``: ema = decay * ema + (1 - decay) * source.
+
+        One multi-tensor ``torch._foreach_lerp_`` over all floating tensors (what ``torch.optim.swa_utils`` uses
+        for its EMA), a few kernels instead of one per tensor; the same ``lerp`` as ``Tensor.lerp_``.
+        """
         ema_state = self.module.state_dict()
+        targets, sources = [], []
         for name, value in source.state_dict().items():
             target = ema_state[name]
             if target.dtype.is_floating_point:
-                target.lerp_(value.detach().to(target.dtype), 1.0 - self.decay)
+                targets.append(target)
+                sources.append(value.detach().to(target.dtype))
             else:
                 target.copy_(value)
+        if targets:
+            torch._foreach_lerp_(targets, sources, 1.0 - self.decay)
 
     def train(self, mode: bool = True):  # noqa: D102 - the average is never put in training mode
         return super().train(False)

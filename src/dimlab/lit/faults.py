@@ -27,6 +27,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dimlab.lit.optim_step import StepGradNorm
+
 log = logging.getLogger("dimlab")
 
 __all__ = ["NonFiniteGuard", "NonFiniteTrainingError", "PreemptionCheckpoint", "SkippedSampleMonitor"]
@@ -279,10 +281,10 @@ class NonFiniteGuard(L.Callback):
         if not self._active or getattr(trainer.precision_plugin, "scaler", None) is not None:
             self._bad_loss = None
             return
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         bad = self._bad_loss if self._bad_loss is not None else torch.tensor(False)
-        if grads:
-            total_norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+        shared = getattr(pl_module, "step_grad_norm", None)  # the DiffusionModule's norm of this step
+        total_norm = (shared or StepGradNorm()).get(optimizer)
+        if total_norm is not None:
             bad = bad.to(total_norm.device) | ~torch.isfinite(total_norm)
         self._bad_loss = None
         bad = trainer.strategy.reduce_boolean_decision(bool(bad), all=False)

@@ -16,6 +16,7 @@ from dimlab.data.vae import SD_LATENT_SCALE, encode_moments, load_vae, sample_fr
 from dimlab.diffusion.loss import epsilon_loss
 from dimlab.diffusion.schedules import build_schedule
 from dimlab.lit.ema import EMA, exclude_from_fsdp, fsdp_root, restore_ema_state, store_ema_state, update_ema
+from dimlab.lit.optim_step import StepGradNorm, clip_to_norm, use_fused_adamw
 from dimlab.models.checkpoint import load_weights_adapting, read_backbone_file
 from dimlab.models.spec import backbone_spec
 from dimlab.models.weight_decay import no_weight_decay_names
@@ -81,7 +82,10 @@ class DiffusionModule(L.LightningModule):
         schedule: ``sd_discrete`` (ImageNet latents) or ``vp_sde`` (CIFAR-10 pixels).
         class_conditional: False trains unconditionally (every label is the null id, as DiM's CIFAR-10 recipe).
         p_uncond: probability of replacing a label by the null id (CFG dropout); done here, not in the data.
-        lr, betas, adam_eps, weight_decay: AdamW settings.
+        lr, betas, adam_eps, weight_decay: AdamW settings. AdamW runs fused (``fused=True``) when every parameter
+            is on a CUDA device, except under a gradient scaler (``16-mixed``) or clipping by value
+            (:func:`dimlab.lit.optim_step.use_fused_adamw`); one gradient norm per step serves the
+            ``train/grad_norm`` log, :class:`~dimlab.lit.faults.NonFiniteGuard` and norm clipping.
         weight_decay_mode: ``all`` (official: every parameter) or ``standard`` (no decay on norms, embeddings,
             pad tokens, biases, A_log, D).
         warmup_steps: linear warmup from 0 over this many optimizer steps, then constant.
@@ -155,6 +159,8 @@ class DiffusionModule(L.LightningModule):
         self._step_t0: float | None = None
         # Set by dimlab.lit.faults.NonFiniteGuard when it dropped a step's gradients: the EMA must not advance.
         self.optimizer_step_skipped = False
+        #: This step's gradient norm, shared by NonFiniteGuard, the grad-norm log and clipping (one computation).
+        self.step_grad_norm = StepGradNorm()
         #: Names passed to :meth:`log` (by the module or a callback) since dimlab.lit.callbacks.RunSummary last
         #: took them, so summary.json can say at which step each metric was logged.
         self.recently_logged: set[str] = set()
@@ -327,10 +333,12 @@ class DiffusionModule(L.LightningModule):
                 batch_size=n,
             )
 
+    def on_after_backward(self) -> None:
+        self.step_grad_norm.invalidate()
+
     def on_before_optimizer_step(self, optimizer):
-        norms = [p.grad.detach().norm(2) for p in self.backbone.parameters() if p.grad is not None]
-        if norms:
-            total = torch.linalg.vector_norm(torch.stack(norms).float(), 2)
+        total = self.step_grad_norm.get(optimizer)
+        if total is not None:
             self.log("train/grad_norm", total, on_step=True, on_epoch=False)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
@@ -363,6 +371,10 @@ class DiffusionModule(L.LightningModule):
                 gradient_clip_val
             )  # the norm over all shards (Lightning's own clipping refuses FSDP)
             return
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            # What Lightning's norm clipping does, with the norm this step already computed
+            clip_to_norm(optimizer, float(gradient_clip_val), self.step_grad_norm.get(optimizer))
+            return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_step(self, *args, **kwargs):
@@ -392,7 +404,9 @@ class DiffusionModule(L.LightningModule):
                 {"params": decay, "weight_decay": hp.weight_decay},
                 {"params": no_decay, "weight_decay": 0.0},
             ]
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.adam_eps)
+        params = [p for g in groups for p in g["params"]]
+        fused = use_fused_adamw(params, self._trainer)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.adam_eps, fused=fused or None)
         warmup = hp.warmup_steps
 
         def lr_lambda(step: int) -> float:
